@@ -1,0 +1,109 @@
+"""jdna info: describe an artifact (lineage, operation, measured statistics) or a base model."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from tabulate import tabulate
+
+from jdna.commands.common import console, emit, model_from_stdin
+from jdna.models import resolve
+from jdna.pruning import artifact_record
+
+
+def _matrix_table(stats: dict[str, Any]) -> str:
+    rows = [
+        [m["name"], "×".join(str(d) for d in m["shape"]), m["numel"], m["pruned"], f"{m['sparsity']:.4f}"]
+        for m in stats.get("matrices", [])
+    ]
+    rows.append(
+        [
+            "TOTAL",
+            "",
+            stats.get("prunable_params"),
+            stats.get("pruned_params"),
+            f"{stats.get('sparsity', 0):.4f}",
+        ]
+    )
+    return tabulate(
+        rows,
+        headers=["matrix", "shape", "weights", "pruned", "sparsity"],
+        tablefmt="simple",
+        disable_numparse=True,
+    )
+
+
+def info(
+    model: Annotated[
+        str | None,
+        typer.Argument(help="Artifact path, model name, or '-'/nothing to read a record from stdin."),
+    ] = None,
+    matrices: Annotated[
+        bool,
+        typer.Option("--matrices/--summary", help="Show the per-matrix table (default) or only the summary."),
+    ] = True,
+    verify: Annotated[
+        bool, typer.Option(help="Also re-hash the artifact's tensors against its header.")
+    ] = False,
+    allow_pickle: Annotated[
+        bool, typer.Option(help="Allow pickle (.bin) weights when describing a base model.")
+    ] = False,
+) -> None:
+    """Describe an artifact or a model: lineage, parameters, achieved sparsity and bits per weight."""
+    ref = resolve(model_from_stdin(model), allow_pickle=allow_pickle)
+    if ref.top is None:
+        base = ref.base
+        record = {
+            "kind": "base",
+            "name": base.name,
+            "source": base.source,
+            "path": str(base.path),
+            "sha256": base.sha256,
+            "family": base.family,
+            "model_type": base.config.get("model_type"),
+            "layers": base.config.get("num_hidden_layers"),
+            "hidden_size": base.config.get("hidden_size"),
+        }
+        console.print(tabulate([[k, v] for k, v in record.items()], tablefmt="plain"))
+        emit(record)
+        return
+    artifact = ref.top
+    if verify:
+        from jdna.artifact import read_artifact
+
+        read_artifact(artifact.path, verify=True)
+    header = artifact.header
+    stats = header.get("stats", {})
+    op = header["operation"]
+    console.print(f"[bold]{artifact.path}[/bold]  kind={artifact.kind}  id={artifact.id[:20]}")
+    lineage = [
+        [
+            step["kind"],
+            step.get("operation") or step.get("name"),
+            step.get("method") or "",
+            "" if step.get("sparsity") is None else f"{step['sparsity']:.4f}",
+            "" if step.get("bits_per_weight") is None else f"{step['bits_per_weight']:.3f}",
+        ]
+        for step in ref.lineage()
+    ]
+    console.print(tabulate(lineage, headers=["lineage", "op / name", "method", "sparsity", "bits/weight"]))
+    console.print(tabulate([[k, v] for k, v in op.get("params", {}).items()], headers=["parameter", "value"]))
+    if matrices and stats.get("matrices"):
+        console.print(_matrix_table(stats))
+    summary = {k: v for k, v in stats.items() if k not in ("matrices",)}
+    console.print(
+        tabulate(
+            [[k, v] for k, v in summary.items() if not isinstance(v, dict)],
+            headers=["statistic", "value"],
+            disable_numparse=True,
+        )
+    )
+    record = artifact_record(artifact, cached=True)
+    record.pop("cached", None)
+    record["lineage"] = ref.lineage()
+    record["params"] = op.get("params", {})
+    record["per_matrix_sparsity"] = {m["name"]: m["sparsity"] for m in stats.get("matrices", [])}
+    if verify:
+        record["verified"] = True
+    emit(record)

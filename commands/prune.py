@@ -1,0 +1,92 @@
+"""jdna prune: magnitude, random, large-magnitude, Wanda and SparseGPT pruning, with OWL and N:M."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from jdna.commands.common import CliReporter, emit, model_from_stdin, output_path
+from jdna.models import resolve
+from jdna.pruning import METHODS, PruneConfig, plan_prune, run_prune
+
+
+def prune(
+    model: Annotated[
+        str | None, typer.Argument(help="Path, HF id, demo name, or '-'/nothing to read a record from stdin.")
+    ] = None,
+    sparsity: Annotated[
+        float | None,
+        typer.Option("--sparsity", "-s", help="Fraction of prunable weights to remove, in [0, 1)."),
+    ] = None,
+    method: Annotated[str, typer.Option(help=f"One of: {', '.join(METHODS.names())}.")] = "magnitude",
+    scope: Annotated[
+        str | None,
+        typer.Option(
+            help="global | layer | row (default: global for magnitude/random/large-magnitude, "
+            "row for wanda, layer for sparsegpt)."
+        ),
+    ] = None,
+    pattern: Annotated[
+        str, typer.Option(help="unstructured, or N:M (N kept of every M consecutive inputs), e.g. 2:4.")
+    ] = "unstructured",
+    owl: Annotated[
+        bool, typer.Option("--owl", help="Outlier-weighted layerwise sparsity (magnitude, wanda).")
+    ] = False,
+    owl_lambda: Annotated[float, typer.Option(help="OWL: per-block sparsity spread (±lambda).")] = 0.08,
+    owl_m: Annotated[
+        float, typer.Option(help="OWL: outlier threshold as a multiple of the block's mean score.")
+    ] = 5.0,
+    seed: Annotated[int, typer.Option(help="Seed for random pruning and calibration sampling.")] = 0,
+    include: Annotated[
+        list[str] | None, typer.Option(help="Also prune parameters matching this glob (repeatable).")
+    ] = None,
+    exclude: Annotated[
+        list[str] | None, typer.Option(help="Never prune parameters matching this glob (repeatable).")
+    ] = None,
+    calib: Annotated[
+        str | None,
+        typer.Option(help="Calibration text (.txt or .jsonl with 'text'); default C4 from the hub."),
+    ] = None,
+    calib_samples: Annotated[int, typer.Option(help="Calibration windows.")] = 128,
+    calib_seqlen: Annotated[
+        int, typer.Option(help="Tokens per calibration window (capped at the model's context).")
+    ] = 512,
+    block_size: Annotated[int, typer.Option(help="SparseGPT: columns per lazy-update block.")] = 128,
+    damp: Annotated[
+        float, typer.Option(help="SparseGPT: Hessian dampening as a fraction of its mean diagonal.")
+    ] = 0.01,
+    output: Annotated[
+        str | None,
+        typer.Option("--output", "-o", help="Artifact path (default: content-addressed under ./runs/)."),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option(help="Recompute even if the content-addressed artifact exists.")
+    ] = False,
+    allow_pickle: Annotated[
+        bool, typer.Option(help="Allow loading pickle (.bin) weights. Only for trusted models.")
+    ] = False,
+) -> None:
+    """Prune a model's transformer-block weight matrices and write a pruned artifact (masks over the base)."""
+    config = PruneConfig(
+        method=method,
+        sparsity=sparsity,
+        scope=scope,
+        pattern=pattern,
+        owl=owl,
+        owl_lambda=owl_lambda,
+        owl_m=owl_m,
+        seed=seed,
+        include=tuple(include or ()),
+        exclude=tuple(exclude or ()),
+        calib=calib,
+        calib_samples=calib_samples,
+        calib_seqlen=calib_seqlen,
+        block_size=block_size,
+        damp=damp,
+    )
+    plan_prune(config)  # validate the flags before touching any model or file
+    out = output_path(output)
+    ref = resolve(model_from_stdin(model), allow_pickle=allow_pickle)
+    record = run_prune(ref, config, out, CliReporter("prune"), force=force)
+    emit(record)

@@ -1,0 +1,3 @@
+"""jdna: study what compression does to pretrained transformers as tasks get harder."""
+
+__version__ = "0.1.0"

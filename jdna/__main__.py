@@ -1,0 +1,3 @@
+from jdna.commands.app import main
+
+main()

@@ -1,0 +1,252 @@
+"""Calibration data and the layer-by-layer runner used by Wanda, SparseGPT and GPTQ.
+
+Like the reference implementations, the model is processed one transformer block at a time: the inputs
+of block 0 are captured once, each block is run on the current inputs (collecting statistics through
+hooks on its linear layers), compressed, and run again to produce the inputs of the next block. Only one
+block's activations are alive at a time, so a 7B model calibrates on one 24 GB GPU.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from jdna.errors import JdnaError
+from jdna.prunable import find_blocks
+
+_SANE_MAX_LENGTH = 1_000_000
+
+
+def read_calibration_text(spec: str | None) -> str:
+    """Text from a .txt file, or the "text" fields of a .jsonl file; None means C4 from the hub."""
+    if spec is None or spec == "c4":
+        return _c4_text()
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise JdnaError(f"calibration file '{spec}' does not exist: pass --calib with a .txt or .jsonl file")
+    raw = path.read_text(errors="replace")
+    if path.suffix == ".jsonl":
+        texts = []
+        for number, line in enumerate(raw.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                raise JdnaError(f"{path}:{number}: not valid JSON") from None
+            if not isinstance(row, dict):
+                raise JdnaError(f"{path}:{number}: expected an object with a 'text' field")
+            text = row.get("text") or " ".join(str(v) for v in row.values() if isinstance(v, str))
+            texts.append(text)
+        raw = "\n\n".join(texts)
+    if not raw.strip():
+        raise JdnaError(f"calibration file '{spec}' is empty")
+    return raw
+
+
+def _c4_text(max_documents: int = 2000) -> str:
+    try:
+        from datasets import load_dataset
+
+        stream = load_dataset(
+            "allenai/c4", data_files="en/c4-train.00000-of-01024.json.gz", split="train", streaming=True
+        )
+        texts = [row["text"] for _, row in zip(range(max_documents), stream)]
+    except Exception:
+        raise JdnaError(
+            "the default calibration set (C4) needs the Hugging Face hub, which is unreachable: "
+            "pass --calib FILE (a .txt or .jsonl file)"
+        ) from None
+    return "\n\n".join(texts)
+
+
+def model_context_length(model: nn.Module, tokenizer: Any) -> int:
+    """The longest sequence the model takes: the config's limit, capped by a sane tokenizer limit."""
+    limit = getattr(model.config, "max_position_embeddings", None) or 2048
+    tokenizer_limit = getattr(tokenizer, "model_max_length", None)
+    if tokenizer_limit and tokenizer_limit < _SANE_MAX_LENGTH:
+        limit = min(limit, int(tokenizer_limit))
+    return int(limit)
+
+
+@dataclass
+class CalibrationSet:
+    input_ids: torch.Tensor  # (samples, seqlen)
+    seqlen: int
+    requested_seqlen: int
+    total_tokens: int
+
+
+def calibration_samples(
+    text: str, tokenizer: Any, model: nn.Module, samples: int, seqlen: int, seed: int
+) -> CalibrationSet:
+    """Random windows of `seqlen` tokens from the text (seeded), capped at the model's context length."""
+    if samples < 1:
+        raise JdnaError("--calib-samples must be at least 1")
+    if seqlen < 2:
+        raise JdnaError("--calib-seqlen must be at least 2")
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    special = [tokenizer.cls_token_id, tokenizer.sep_token_id]
+    wraps = (
+        all(token is not None for token in special) and getattr(model.config, "is_decoder", False) is False
+    )
+    wraps = (
+        wraps and getattr(tokenizer, "cls_token", None) is not None and "[CLS]" in str(tokenizer.cls_token)
+    )
+    length = min(seqlen, model_context_length(model, tokenizer))
+    content = length - 2 if wraps else length
+    if len(ids) < 2:
+        raise JdnaError("the calibration text is too short: it must hold at least a few tokens")
+    content = min(content, len(ids))
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(samples):
+        start = rng.randint(0, len(ids) - content)
+        window = ids[start : start + content]
+        if wraps:
+            window = [tokenizer.cls_token_id, *window, tokenizer.sep_token_id]
+        rows.append(window)
+    return CalibrationSet(
+        input_ids=torch.tensor(rows, dtype=torch.long),
+        seqlen=len(rows[0]),
+        requested_seqlen=seqlen,
+        total_tokens=len(ids),
+    )
+
+
+class _StopForward(Exception):
+    pass
+
+
+@dataclass
+class _Chunk:
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+    @property
+    def hidden(self) -> torch.Tensor:
+        return self.kwargs["hidden_states"] if "hidden_states" in self.kwargs else self.args[0]
+
+    def with_hidden(self, hidden: torch.Tensor) -> _Chunk:
+        if "hidden_states" in self.kwargs:
+            return _Chunk(self.args, {**self.kwargs, "hidden_states": hidden})
+        return _Chunk((hidden, *self.args[1:]), self.kwargs)
+
+
+class LayerwiseRunner:
+    """Feeds calibration samples through a model one transformer block at a time."""
+
+    def __init__(self, model: nn.Module, input_ids: torch.Tensor, batch_size: int = 8) -> None:
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.blocks_path, self.blocks = find_blocks(model)
+        self.chunks = self._capture_inputs(input_ids, batch_size)
+
+    @torch.no_grad()
+    def _capture_inputs(self, input_ids: torch.Tensor, batch_size: int) -> list[_Chunk]:
+        captured: list[_Chunk] = []
+
+        def grab(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            captured.append(_Chunk(args, dict(kwargs)))
+            raise _StopForward
+
+        handle = self.blocks[0].register_forward_pre_hook(grab, with_kwargs=True)
+        accepts_cache = "use_cache" in inspect.signature(self.model.forward).parameters
+        try:
+            for start in range(0, input_ids.shape[0], batch_size):
+                batch = input_ids[start : start + batch_size].to(self.device)
+                kwargs: dict[str, Any] = {"input_ids": batch, "attention_mask": torch.ones_like(batch)}
+                if accepts_cache:
+                    kwargs["use_cache"] = False
+                try:
+                    self.model(**kwargs)
+                except _StopForward:
+                    pass
+        finally:
+            handle.remove()
+        return captured
+
+    @torch.no_grad()
+    def run(self, block: nn.Module, keep_outputs: bool) -> list[_Chunk] | None:
+        outputs = []
+        for chunk in self.chunks:
+            result = block(*chunk.args, **chunk.kwargs)
+            hidden = result[0] if isinstance(result, (tuple, list)) else result
+            if keep_outputs:
+                outputs.append(chunk.with_hidden(hidden))
+        return outputs if keep_outputs else None
+
+    def advance(self, outputs: list[_Chunk]) -> None:
+        self.chunks = outputs
+
+    def iter_blocks(self) -> Iterator[tuple[int, nn.Module]]:
+        yield from enumerate(self.blocks)
+
+
+def collect_inputs(
+    modules: dict[str, nn.Module], accumulate: Callable[[str, torch.Tensor], None]
+) -> Callable[[], None]:
+    """Hook each module's input into `accumulate(name, x2d)`; returns a function removing the hooks."""
+    handles = []
+    for name, module in modules.items():
+
+        def hook(_module: nn.Module, inputs: tuple[Any, ...], _output: Any, name: str = name) -> None:
+            x = inputs[0].detach()
+            accumulate(name, x.reshape(-1, x.shape[-1]))
+
+        handles.append(module.register_forward_hook(hook))
+
+    def remove() -> None:
+        for handle in handles:
+            handle.remove()
+
+    return remove
+
+
+class InputNormAccumulator:
+    """‖X_j‖₂ over all calibration tokens for each input feature j (Wanda's activation statistic)."""
+
+    def __init__(self) -> None:
+        self.sum_squares: dict[str, torch.Tensor] = {}
+
+    def __call__(self, name: str, x: torch.Tensor) -> None:
+        contribution = x.to(torch.float32).pow(2).sum(0)
+        if name in self.sum_squares:
+            self.sum_squares[name] += contribution
+        else:
+            self.sum_squares[name] = contribution
+
+    def norms(self) -> dict[str, torch.Tensor]:
+        return {name: value.sqrt().cpu() for name, value in self.sum_squares.items()}
+
+
+class HessianAccumulator:
+    """H = 2/n Σ x xᵀ over calibration tokens for each module (SparseGPT's and GPTQ's proxy Hessian)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+
+    def __call__(self, name: str, x: torch.Tensor) -> None:
+        x = x.to(torch.float32)
+        contribution = x.T @ x
+        if name in self.sums:
+            self.sums[name] += contribution
+        else:
+            self.sums[name] = contribution
+        self.counts[name] = self.counts.get(name, 0) + x.shape[0]
+
+    def hessian(self, name: str) -> torch.Tensor:
+        return 2.0 * self.sums[name] / max(self.counts[name], 1)
+
+    def clear(self) -> None:
+        self.sums.clear()
+        self.counts.clear()

@@ -1,0 +1,381 @@
+"""Pruning a loaded model in place: validation, calibration passes, mask selection and statistics."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from jdna.calibration import (
+    HessianAccumulator,
+    InputNormAccumulator,
+    LayerwiseRunner,
+    calibration_samples,
+    collect_inputs,
+    read_calibration_text,
+)
+from jdna.errors import JdnaError, unknown_name_error
+from jdna.io import sha256_file
+from jdna.progress import Reporter
+from jdna.prunable import PrunableMatrix, prunable_matrices
+from jdna.pruning.base import METHODS, SCOPES, ReconstructionMethod, ScoreContext, ScoreMethod
+from jdna.pruning.owl import outlier_ratio, owl_sparsities
+from jdna.pruning.selection import prune_count, select_group, select_n_m, select_rows
+from jdna.pruning.sparsegpt import sparsegpt_prune_matrix
+
+VALUE_BITS = 16  # the reference precision of the compression axis: a dense model counts 16 bits a weight
+
+
+@dataclass
+class PruneConfig:
+    method: str = "magnitude"
+    sparsity: float | None = None
+    scope: str | None = None
+    pattern: str = "unstructured"
+    owl: bool = False
+    owl_lambda: float = 0.08
+    owl_m: float = 5.0
+    seed: int = 0
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    calib: str | None = None
+    calib_samples: int = 128
+    calib_seqlen: int = 512
+    block_size: int = 128
+    damp: float = 0.01
+
+
+@dataclass
+class PrunePlan:
+    """A validated configuration with defaults resolved."""
+
+    method: ScoreMethod | ReconstructionMethod
+    sparsity: float
+    scope: str
+    n_m: tuple[int, int] | None
+    config: PruneConfig
+
+    def params(self) -> dict[str, Any]:
+        """The parameters that define the result (what the content address is computed from)."""
+        c = self.config
+        params: dict[str, Any] = {
+            "method": self.method.name,
+            "sparsity": self.sparsity,
+            "scope": "n:m" if self.n_m else self.scope,
+            "pattern": f"{self.n_m[0]}:{self.n_m[1]}" if self.n_m else "unstructured",
+            "include": list(c.include),
+            "exclude": list(c.exclude),
+        }
+        if c.owl:
+            params.update(owl=True, owl_lambda=c.owl_lambda, owl_m=c.owl_m)
+        if self.method.name == "random" or self.method.needs_calibration:
+            params["seed"] = c.seed
+        if self.method.needs_calibration:
+            params.update(calib_samples=c.calib_samples, calib_seqlen=c.calib_seqlen)
+            params["calib"] = "c4" if c.calib in (None, "c4") else {"sha256": sha256_file(c.calib)}
+        if isinstance(self.method, ReconstructionMethod):
+            params.update(block_size=c.block_size, damp=c.damp)
+        return params
+
+
+def parse_pattern(pattern: str) -> tuple[int, int] | None:
+    if pattern in ("unstructured", "", None):
+        return None
+    match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", pattern)
+    if not match:
+        raise JdnaError(f"pattern '{pattern}' is not 'unstructured' or N:M (e.g. 2:4, 4:8)")
+    n, m = int(match.group(1)), int(match.group(2))
+    if not 0 < n < m:
+        raise JdnaError(f"pattern {n}:{m} needs 0 < N < M (N weights kept of every M), e.g. 2:4")
+    return n, m
+
+
+def plan_prune(config: PruneConfig) -> PrunePlan:
+    """Validate a configuration and fill in method-dependent defaults; raises JdnaError on bad input."""
+    method = METHODS.get(config.method)
+    n_m = parse_pattern(config.pattern)
+    if n_m is not None:
+        implied = 1 - n_m[0] / n_m[1]
+        if config.sparsity is not None and not math.isclose(config.sparsity, implied, abs_tol=1e-9):
+            raise JdnaError(
+                f"--sparsity {config.sparsity} contradicts pattern {n_m[0]}:{n_m[1]} (sparsity {implied:g}): drop one"
+            )
+        sparsity = implied
+        if config.owl:
+            raise JdnaError(
+                "--owl sets a sparsity per layer, which an N:M pattern fixes: use one or the other"
+            )
+    else:
+        if config.sparsity is None:
+            raise JdnaError(
+                "--sparsity is required (a fraction in [0, 1), e.g. 0.5) unless --pattern N:M is given"
+            )
+        sparsity = float(config.sparsity)
+        if not (0 <= sparsity < 1) or math.isnan(sparsity):
+            raise JdnaError(f"--sparsity must be in [0, 1), got {config.sparsity}")
+    scope = config.scope or method.default_scope
+    if scope not in SCOPES:
+        raise unknown_name_error("scope", scope, SCOPES)
+    if scope not in method.scopes:
+        raise JdnaError(f"method '{method.name}' supports scopes {', '.join(method.scopes)}, not '{scope}'")
+    if config.owl and not method.supports_owl:
+        raise JdnaError(f"--owl applies to magnitude and wanda, not '{method.name}'")
+    if method.needs_calibration:
+        if config.calib_samples < 1:
+            raise JdnaError("--calib-samples must be at least 1")
+        if config.calib_seqlen < 2:
+            raise JdnaError("--calib-seqlen must be at least 2")
+        if config.calib not in (None, "c4") and not Path(config.calib).expanduser().is_file():
+            raise JdnaError(
+                f"calibration file '{config.calib}' does not exist: pass --calib with a .txt or .jsonl file"
+            )
+    if config.block_size < 1:
+        raise JdnaError("--block-size must be at least 1")
+    if config.damp < 0:
+        raise JdnaError("--damp must be non-negative")
+    return PrunePlan(method=method, sparsity=sparsity, scope=scope, n_m=n_m, config=config)
+
+
+@dataclass
+class PruneOutcome:
+    masks: dict[str, torch.Tensor]  # canonical name → keep mask (bool, cpu)
+    updated: dict[str, torch.Tensor] = field(default_factory=dict)  # new weights (SparseGPT)
+    block_sparsity: dict[int, float] | None = None
+    calibration: dict[str, Any] | None = None
+
+
+def _apply(matrix: PrunableMatrix, keep: torch.Tensor) -> None:
+    matrix.param.data.masked_fill_(~keep.to(matrix.param.device), 0)
+
+
+def _select(
+    matrices: list[PrunableMatrix],
+    score: Callable[[PrunableMatrix], torch.Tensor],
+    plan: PrunePlan,
+    block_sparsity: dict[int, float] | None,
+) -> dict[str, torch.Tensor]:
+    def target(matrix: PrunableMatrix) -> float:
+        if block_sparsity is not None and matrix.block is not None:
+            return block_sparsity[matrix.block]
+        return plan.sparsity
+
+    masks: dict[str, torch.Tensor] = {}
+    if plan.n_m is not None:
+        for matrix in matrices:
+            masks[matrix.name] = select_n_m(score(matrix), *plan.n_m)
+    elif plan.scope == "row":
+        for matrix in matrices:
+            masks[matrix.name] = select_rows(score(matrix), target(matrix))
+    elif plan.scope == "layer":
+        for matrix in matrices:
+            masks[matrix.name] = select_group(
+                [matrix.numel], lambda _i, m=matrix: score(m), prune_count(target(matrix), matrix.numel)
+            )[0]
+    else:
+        groups: dict[Any, list[PrunableMatrix]] = {}
+        for matrix in matrices:
+            key = matrix.block if block_sparsity is not None else "all"
+            groups.setdefault(key, []).append(matrix)
+        for group in groups.values():
+            sizes = [m.numel for m in group]
+            k = prune_count(target(group[0]), sum(sizes))
+            for matrix, keep in zip(group, select_group(sizes, lambda i, g=group: score(g[i]), k)):
+                masks[matrix.name] = keep
+    return masks
+
+
+def _owl_block_sparsity(
+    matrices: list[PrunableMatrix], score: Callable[[PrunableMatrix], torch.Tensor], plan: PrunePlan
+) -> dict[int, float]:
+    blocks = sorted({m.block for m in matrices if m.block is not None})
+    ratios = [
+        outlier_ratio([lambda m=m: score(m) for m in matrices if m.block == block], plan.config.owl_m)
+        for block in blocks
+    ]
+    return dict(zip(blocks, owl_sparsities(ratios, plan.sparsity, plan.config.owl_lambda)))
+
+
+def _dense_input_norms(
+    runner: LayerwiseRunner, matrices: list[PrunableMatrix], reporter: Reporter
+) -> dict[str, torch.Tensor]:
+    accumulator = InputNormAccumulator()
+    for index, block in runner.iter_blocks():
+        remove = collect_inputs({m.name: m.module for m in matrices if m.block == index}, accumulator)
+        outputs = runner.run(block, keep_outputs=True)
+        remove()
+        runner.advance(outputs)
+        reporter.progress("activation statistics", index + 1, len(runner.blocks))
+    return accumulator.norms()
+
+
+def prune_model(
+    model: nn.Module, tokenizer: Any, plan: PrunePlan, reporter: Reporter | None = None
+) -> PruneOutcome:
+    """Prune `model` in place according to `plan`; returns the masks (and any rewritten weights)."""
+    reporter = reporter or Reporter()
+    config = plan.config
+    method = plan.method
+    matrices = prunable_matrices(model, config.include, config.exclude)
+    context = ScoreContext(seed=config.seed)
+
+    def score(matrix: PrunableMatrix) -> torch.Tensor:
+        return method.score(matrix, context).cpu()
+
+    if not method.needs_calibration:
+        block_sparsity = _owl_block_sparsity(matrices, score, plan) if config.owl else None
+        masks = _select(matrices, score, plan, block_sparsity)
+        for matrix in matrices:
+            _apply(matrix, masks[matrix.name])
+        return PruneOutcome(masks=masks, block_sparsity=block_sparsity)
+
+    for matrix in matrices:
+        if not matrix.is_linear or matrix.block is None:
+            raise JdnaError(
+                f"{method.name} needs input activations, but '{matrix.name}' is not a linear layer inside a "
+                "transformer block: --exclude it or use magnitude"
+            )
+    text = read_calibration_text(config.calib)
+    calib = calibration_samples(
+        text, tokenizer, model, config.calib_samples, config.calib_seqlen, config.seed
+    )
+    if calib.seqlen < config.calib_seqlen:
+        reporter.log(
+            f"calibration windows are {calib.seqlen} tokens (asked {config.calib_seqlen}; capped by the "
+            "model context or the calibration text)"
+        )
+    calibration = {
+        "samples": int(calib.input_ids.shape[0]),
+        "seqlen": calib.seqlen,
+        "text_tokens": calib.total_tokens,
+    }
+
+    def new_runner() -> LayerwiseRunner:
+        return LayerwiseRunner(model, calib.input_ids)
+
+    if isinstance(method, ReconstructionMethod):
+        masks, updated = _sparsegpt_pass(new_runner(), matrices, plan, reporter)
+        return PruneOutcome(masks=masks, updated=updated, calibration=calibration)
+
+    block_sparsity = None
+    if plan.scope == "global" or config.owl:
+        context.input_norms = _dense_input_norms(new_runner(), matrices, reporter)
+        if config.owl:
+            block_sparsity = _owl_block_sparsity(matrices, score, plan)
+    if plan.scope == "global":
+        masks = _select(matrices, score, plan, block_sparsity)
+        for matrix in matrices:
+            _apply(matrix, masks[matrix.name])
+        return PruneOutcome(masks=masks, block_sparsity=block_sparsity, calibration=calibration)
+
+    # Row/layer scope: prune block by block so later blocks see the activations of the pruned earlier
+    # ones (as Wanda's reference implementation does).
+    runner = new_runner()
+    masks = {}
+    for index, block in runner.iter_blocks():
+        block_matrices = [m for m in matrices if m.block == index]
+        accumulator = InputNormAccumulator()
+        remove = collect_inputs({m.name: m.module for m in block_matrices}, accumulator)
+        runner.run(block, keep_outputs=False)
+        remove()
+        context.input_norms = accumulator.norms()
+        block_masks = _select(block_matrices, score, plan, block_sparsity)
+        for matrix in block_matrices:
+            _apply(matrix, block_masks[matrix.name])
+        masks.update(block_masks)
+        runner.advance(runner.run(block, keep_outputs=True))
+        reporter.progress("pruning blocks", index + 1, len(runner.blocks))
+    return PruneOutcome(masks=masks, block_sparsity=block_sparsity, calibration=calibration)
+
+
+def _sparsegpt_pass(
+    runner: LayerwiseRunner, matrices: list[PrunableMatrix], plan: PrunePlan, reporter: Reporter
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    masks: dict[str, torch.Tensor] = {}
+    updated: dict[str, torch.Tensor] = {}
+    for index, block in runner.iter_blocks():
+        block_matrices = [m for m in matrices if m.block == index]
+        hessians = HessianAccumulator()
+        remove = collect_inputs({m.name: m.module for m in block_matrices}, hessians)
+        runner.run(block, keep_outputs=False)
+        remove()
+        for matrix in block_matrices:
+            weight, keep = sparsegpt_prune_matrix(
+                matrix.param.data.to(torch.float32),
+                hessians.hessian(matrix.name),
+                plan.sparsity,
+                scope=plan.scope,
+                n_m=plan.n_m,
+                block_size=plan.config.block_size,
+                damp=plan.config.damp,
+            )
+            matrix.param.data.copy_(weight.to(matrix.param.dtype))
+            masks[matrix.name] = keep
+            updated[matrix.name] = matrix.param.data.detach().cpu().clone()
+        hessians.clear()
+        runner.advance(runner.run(block, keep_outputs=True))
+        reporter.progress("pruning blocks", index + 1, len(runner.blocks))
+    return masks, updated
+
+
+def pruned_bits_per_weight(
+    density: float, n_m: tuple[int, int] | None, value_bits: int = VALUE_BITS
+) -> float:
+    """Storage cost per weight of a pruned matrix: kept values plus the mask or N:M index overhead.
+
+    Unstructured masks cost one bit per weight (a bitmap); N:M costs ceil(log2 C(M, N)) bits per group of M.
+    """
+    if n_m is None:
+        return value_bits * density + 1.0
+    n, m = n_m
+    return value_bits * n / m + math.ceil(math.log2(math.comb(m, n))) / m
+
+
+def mask_statistics(
+    model: nn.Module, matrices: list[PrunableMatrix], masks: dict[str, torch.Tensor], plan: PrunePlan
+) -> dict[str, Any]:
+    per_matrix = []
+    total = pruned = zeros = 0
+    for matrix in matrices:
+        keep = masks[matrix.name]
+        count = int((~keep).sum())
+        zero_count = int((matrix.param.detach() == 0).sum())
+        per_matrix.append(
+            {
+                "name": matrix.name,
+                "shape": list(matrix.param.shape),
+                "numel": matrix.numel,
+                "pruned": count,
+                "sparsity": count / matrix.numel,
+            }
+        )
+        total += matrix.numel
+        pruned += count
+        zeros += zero_count
+    all_params = sum(p.numel() for p in model.parameters())
+    sparsity = pruned / total
+    bits = pruned_bits_per_weight(1 - sparsity, plan.n_m)
+    return {
+        "sparsity": sparsity,
+        "target_sparsity": plan.sparsity,
+        "prunable_params": total,
+        "pruned_params": pruned,
+        "zero_fraction": zeros / total,
+        "model_params": all_params,
+        "model_sparsity": pruned / all_params,
+        "bits_per_weight": bits,
+        "compression_ratio": VALUE_BITS / bits,
+        "matrices": per_matrix,
+    }
+
+
+def config_dict(config: PruneConfig) -> dict[str, Any]:
+    data = asdict(config)
+    data["include"] = list(config.include)
+    data["exclude"] = list(config.exclude)
+    return data

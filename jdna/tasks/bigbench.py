@@ -1,0 +1,327 @@
+"""BIG-bench JSON tasks read from a local copy of `bigbench/benchmark_tasks` (fetched by `make data`).
+
+Spec: `bigbench:NAME` or `bigbench:NAME/SUBTASK`. The tree is $JDNA_BIGBENCH, default
+$JDNA_HOME/bigbench/benchmark_tasks (JDNA_HOME default ~/.cache/jdna); scripts/fetch_bigbench.py fills
+it from the bigbench==1.0.0 sdist.
+
+Semantics follow bigbench/api/json_task.py (v1.0.0) so prompts match the published protocol:
+- duplicate examples (identical JSON) are dropped, keeping the first;
+- `target_scores` (option -> score) makes a multiple-choice example whose gold option is the first one
+  with the highest score; `target` (a string or a list of aliases) makes a generation example;
+- a query renders as example_input_prefix (default "\\nQ: ") + input + [the options, each after
+  choice_prefix (default "\\n  choice: "), when append_choices_to_input (default true)] +
+  example_output_prefix (default "\\nA: "), after task_prefix (default ""); demonstrations are joined
+  by few_shot_example_separator (default "\\n").
+- jdna moves the output prefix's trailing whitespace into the scored continuation ("\\nA:" + " yes"
+  rather than "\\nA: " + "yes"): the same text, tokenised the way BPE models saw it in training.
+- a task.json without `examples` is a composite task whose subtasks are its subdirectories; loading
+  it pools all subtasks (item.group = subtask) when they share one kind and prompt format.
+
+BIG-bench has no training split, so the train pool (demonstrations, fine-tuning) is carved from the
+examples: `train_fraction` (default 0.2) of them, chosen by a seeded hash of their ids
+(jdna.tasks.base.carve_split); the rest are evaluated.
+
+`as_kind="classification"` turns a multiple-choice task whose every example offers the same option set
+(vitaminc_fact_verification: True/False/Neither; multiemo/*; ...) into a classification task whose
+labels are that set, in the order of the first example, for fine-tuning classifiers on it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from jdna.errors import JdnaError, unknown_name_error
+from jdna.paths import jdna_home
+from jdna.tasks.base import (
+    DEFAULT_METRICS,
+    DEFAULT_TRAIN_FRACTION,
+    Item,
+    PromptFormat,
+    Task,
+    carve_split,
+)
+
+TASK_FILE = "task.json"
+AS_KINDS = ("multiple_choice", "generation", "classification")
+_MC_METRIC = "multiple_choice_grade"
+
+
+def bigbench_root() -> Path:
+    """The benchmark_tasks directory: $JDNA_BIGBENCH, default $JDNA_HOME/bigbench/benchmark_tasks."""
+    override = os.environ.get("JDNA_BIGBENCH")
+    if override:
+        return Path(override).expanduser()
+    return jdna_home() / "bigbench" / "benchmark_tasks"
+
+
+def _require_root(root: Path | None) -> Path:
+    root = root if root is not None else bigbench_root()
+    if not root.is_dir():
+        raise JdnaError(
+            f"BIG-bench tasks not found at {root}: run 'make data' to fetch them, "
+            "or point $JDNA_BIGBENCH at a bigbench/benchmark_tasks directory"
+        )
+    return root
+
+
+def available_tasks(root: Path | None = None) -> list[str]:
+    """Names of the tasks and subtasks present, e.g. 'abstract_narrative_understanding/4_distractors'."""
+    root = root if root is not None else bigbench_root()
+    if not root.is_dir():
+        return []
+    names = []
+    for task_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        if (task_dir / TASK_FILE).is_file():
+            names.append(task_dir.name)
+        names.extend(
+            f"{task_dir.name}/{sub.name}"
+            for sub in sorted(task_dir.iterdir())
+            if sub.is_dir() and (sub / TASK_FILE).is_file()
+        )
+    return names
+
+
+def is_available(name: str, root: Path | None = None) -> bool:
+    root = root if root is not None else bigbench_root()
+    return (root / name / TASK_FILE).is_file()
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except json.JSONDecodeError as error:
+        raise JdnaError(
+            f"{path} is not valid JSON ({error.msg} at line {error.lineno}): "
+            "re-run 'make data' or fix the file"
+        ) from None
+    if not isinstance(data, dict):
+        raise JdnaError(f"{path} does not hold a JSON object: it is not a BIG-bench task.json")
+    return data
+
+
+def _prompt_format(data: dict[str, Any]) -> PromptFormat:
+    output_prefix = str(data.get("example_output_prefix", "\nA: "))
+    stripped = output_prefix.rstrip()
+    append = bool(data.get("append_choices_to_input", True))
+    return PromptFormat(
+        input_prefix=str(data.get("example_input_prefix", "\nQ: ")),
+        output_prefix=stripped,
+        answer_delimiter=output_prefix[len(stripped) :],
+        shot_separator=str(data.get("few_shot_example_separator", "\n")),
+        choice_listing="bigbench" if append else "none",
+        # Irrelevant when options are not listed; normalised so such subtasks still pool.
+        choice_prefix=str(data.get("choice_prefix", "\n  choice: ")) if append else "",
+        answer_style="text",
+        # BIG-bench examples carry no separate evidence document.
+        context_prefix="",
+        context_suffix="",
+    )
+
+
+def _dedupe(examples: list[Any]) -> list[dict[str, Any]]:
+    seen: set[str] = set()
+    distinct = []
+    for example in examples:
+        key = json.dumps(example)
+        if key not in seen:
+            seen.add(key)
+            distinct.append(example)
+    return distinct
+
+
+def _gold_index(scores: dict[str, Any]) -> int | None:
+    values = list(scores.values())
+    best = max(values)
+    if (len(values) == 1 and best == 0) or (len(values) > 1 and best <= min(values)):
+        return None  # no option scores higher than another: BIG-bench rejects such examples
+    return values.index(best)
+
+
+def _leaf_kind(name: str, data: dict[str, Any], examples: list[dict[str, Any]], as_kind: str | None) -> str:
+    has_scores = all(isinstance(e.get("target_scores"), dict) and e["target_scores"] for e in examples)
+    has_target = all("target" in e for e in examples)
+    if as_kind is None:
+        if has_scores and (_MC_METRIC in data.get("metrics", []) or not has_target):
+            return "multiple_choice"
+        if has_target:
+            return "generation"
+        raise JdnaError(
+            f"bigbench:{name} mixes examples with and without target_scores/target: "
+            "it cannot be loaded as one task"
+        )
+    if as_kind in ("multiple_choice", "classification") and not has_scores:
+        raise JdnaError(
+            f"bigbench:{name} has no target_scores, so it cannot be loaded as {as_kind}: "
+            "drop as_kind or use as_kind=generation"
+        )
+    if as_kind == "generation" and not (has_target or has_scores):
+        raise JdnaError(f"bigbench:{name} has no targets to generate: drop as_kind=generation")
+    return as_kind
+
+
+def _fixed_labels(name: str, examples: list[dict[str, Any]]) -> list[str]:
+    labels = list(examples[0]["target_scores"])
+    expected = set(labels)
+    for index, example in enumerate(examples):
+        if set(example["target_scores"]) != expected:
+            raise JdnaError(
+                f"bigbench:{name} example {index} offers options {sorted(example['target_scores'])} "
+                f"instead of {sorted(expected)}: only tasks with one fixed option set load as "
+                "classification"
+            )
+    return labels
+
+
+def _leaf_items(
+    name: str, data: dict[str, Any], kind: str, labels: list[str] | None, group: str | None
+) -> tuple[list[Item], int]:
+    """Items of one task.json with examples; also how many invalid examples were skipped."""
+    examples = data["examples"]
+    items: list[Item] = []
+    skipped = 0
+    for index, example in enumerate(examples):
+        item_id = f"{name}/{index}"
+        text = str(example["input"])
+        scores = example.get("target_scores")
+        if kind == "generation":
+            target = example.get("target")
+            if target is None:
+                gold = _gold_index(scores)
+                if gold is None:
+                    skipped += 1
+                    continue
+                answers = [list(scores)[gold]]
+            else:
+                answers = [str(t) for t in target] if isinstance(target, list) else [str(target)]
+            if not answers:
+                skipped += 1
+                continue
+            items.append(Item(id=item_id, question=text, answers=answers, group=group))
+            continue
+        gold = _gold_index(scores)
+        if gold is None:
+            skipped += 1
+            continue
+        choices = [str(option) for option in scores]
+        if kind == "classification":
+            assert labels is not None
+            label = labels.index(choices[gold])
+            items.append(
+                Item(
+                    id=item_id,
+                    question=text,
+                    choices=list(labels),
+                    gold=label,
+                    label=label,
+                    text_pair=(text, None),
+                    group=group,
+                )
+            )
+        else:
+            items.append(Item(id=item_id, question=text, choices=choices, gold=gold, group=group))
+    return items, skipped
+
+
+def _leaves(name: str, root: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(name, data) of each task.json with examples under `name` (itself or its subtasks)."""
+    data = _read_json(root / name / TASK_FILE)
+    if "examples" in data:
+        if not isinstance(data["examples"], list) or not data["examples"]:
+            raise JdnaError(f"bigbench:{name} has no examples: pick another task")
+        for index, example in enumerate(data["examples"]):
+            if not isinstance(example, dict) or "input" not in example:
+                raise JdnaError(f"bigbench:{name} example {index} has no 'input': the task.json is malformed")
+        # Deduplicated once here, as BIG-bench does before anything else, so indices (item ids) match.
+        data["examples"] = _dedupe(data["examples"])
+        return [(name, data)]
+    subtasks = sorted(p.name for p in (root / name).iterdir() if (p / TASK_FILE).is_file())
+    if not subtasks:
+        raise JdnaError(f"bigbench:{name} has neither examples nor subtasks: it is not a JSON task")
+    leaves = []
+    for sub in subtasks:
+        leaves.extend(_leaves(f"{name}/{sub}", root))
+    return leaves
+
+
+def load_bigbench(
+    name: str,
+    *,
+    as_kind: str | None = None,
+    train_fraction: float = DEFAULT_TRAIN_FRACTION,
+    split_seed: int = 0,
+    root: str | Path | None = None,
+) -> Task:
+    """Load `bigbench:NAME[/SUBTASK]` from the local task tree (see the module docstring)."""
+    base = _require_root(Path(root) if root is not None else None)
+    name = name.strip("/")
+    if as_kind is not None and as_kind not in AS_KINDS:
+        raise unknown_name_error("BIG-bench as_kind", as_kind, AS_KINDS)
+    if not name or not (base / name / TASK_FILE).is_file():
+        raise unknown_name_error("BIG-bench task", name, available_tasks(base))
+
+    leaves = _leaves(name, base)
+    formats = {_prompt_format(data) for _, data in leaves}
+    if len(formats) > 1:
+        options = ", ".join(f"bigbench:{leaf}" for leaf, _ in leaves[:4])
+        raise JdnaError(
+            f"bigbench:{name} pools subtasks with different prompt formats: load one of "
+            f"them instead, e.g. {options}"
+        )
+    kinds = {leaf: _leaf_kind(leaf, data, data["examples"], as_kind) for leaf, data in leaves}
+    if len(set(kinds.values())) > 1:
+        options = ", ".join(f"bigbench:{leaf} ({kind})" for leaf, kind in list(kinds.items())[:4])
+        raise JdnaError(
+            f"bigbench:{name} pools subtasks of different kinds: load one of them instead, e.g. {options}"
+        )
+    kind = next(iter(kinds.values()))
+    labels = None
+    if kind == "classification":
+        label_sets = {tuple(_fixed_labels(leaf, data["examples"])) for leaf, data in leaves}
+        if len(label_sets) > 1:
+            raise JdnaError(
+                f"bigbench:{name} subtasks use different option sets: load one subtask as classification"
+            )
+        labels = list(next(iter(label_sets)))
+
+    prefixes = {str(data.get("task_prefix", "")) for _, data in leaves}
+    shared_prefix = prefixes.pop() if len(prefixes) == 1 else ""
+    items: list[Item] = []
+    skipped = 0
+    for leaf, data in leaves:
+        group = leaf[len(name) + 1 :] if leaf != name else None
+        leaf_items, leaf_skipped = _leaf_items(leaf, data, kind, labels, group)
+        if len(leaves) > 1 and str(data.get("task_prefix", "")) != shared_prefix:
+            for item in leaf_items:
+                item.prompt_prefix = str(data.get("task_prefix", ""))
+        items.extend(leaf_items)
+        skipped += leaf_skipped
+    if not items:
+        raise JdnaError(f"bigbench:{name} has no usable examples: pick another task")
+
+    evaluation, train = carve_split(items, train_fraction, split_seed)
+    top = leaves[0][1] if len(leaves) == 1 else _read_json(base / name / TASK_FILE)
+    provenance = (
+        f"BIG-bench {name}: {len(items)} distinct examples; train pool = {len(train)} carved by "
+        f"seeded hash (train_fraction={train_fraction}, split_seed={split_seed}), "
+        f"{len(evaluation)} evaluated"
+    )
+    if skipped:
+        provenance += f"; {skipped} examples without a single best option skipped"
+    metrics = list(DEFAULT_METRICS[kind])
+    return Task(
+        name=f"bigbench:{name}",
+        kind=kind,
+        source="bigbench",
+        items=evaluation,
+        train_items=train,
+        labels=labels,
+        metrics=metrics,
+        prompt_prefix=shared_prefix,
+        description=str(top.get("description", "")),
+        prompt_format=formats.pop(),
+        provenance=provenance,
+    )

@@ -1,0 +1,259 @@
+"""Pruning methods on tiny models, each checked against a reference computed another way."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from jdna.calibration import LayerwiseRunner, calibration_samples, collect_inputs
+from jdna.errors import JdnaError
+from jdna.models import canonical_parameters, load_model, resolve
+from jdna.prunable import prunable_matrices
+from jdna.pruning import PruneConfig, plan_prune, prune_model, run_prune
+from jdna.pruning.owl import owl_sparsities
+from jdna.pruning.selection import prune_count
+from jdna.pruning.sparsegpt import sparsegpt_prune_matrix
+from jdna.pruning.wanda import wanda_scores
+from tests.conftest import TEXT
+
+
+def load(path: Path):
+    return load_model(resolve(str(path)))
+
+
+def pruned_model(path: Path, **config):
+    model, tokenizer = load(path)
+    plan = plan_prune(PruneConfig(**config))
+    outcome = prune_model(model, tokenizer, plan)
+    return model, tokenizer, outcome
+
+
+@pytest.mark.parametrize("model_fixture", ["tiny_llama", "tiny_bert"])
+@pytest.mark.parametrize("scope", ["global", "layer", "row"])
+def test_magnitude_matches_brute_force_sort(
+    model_fixture: str, scope: str, request: pytest.FixtureRequest
+) -> None:
+    path = request.getfixturevalue(model_fixture)
+    reference, _ = load(path)
+    originals = {m.name: m.param.detach().clone() for m in prunable_matrices(reference)}
+    model, _, outcome = pruned_model(path, method="magnitude", sparsity=0.6, scope=scope)
+    names = list(originals)
+    if scope == "global":
+        flat = torch.cat([originals[n].abs().reshape(-1) for n in names])
+        pruned = torch.zeros_like(flat, dtype=torch.bool)
+        pruned[torch.sort(flat, stable=True).indices[: prune_count(0.6, flat.numel())]] = True
+        offset = 0
+        for name in names:
+            size = originals[name].numel()
+            assert torch.equal(
+                outcome.masks[name], ~pruned[offset : offset + size].reshape(originals[name].shape)
+            )
+            offset += size
+    for name in names:
+        weight = originals[name]
+        keep = outcome.masks[name]
+        if scope == "layer":
+            assert int((~keep).sum()) == prune_count(0.6, weight.numel())
+            assert weight.abs()[keep].min() >= weight.abs()[~keep].max()
+        if scope == "row":
+            k = prune_count(0.6, weight.shape[1])
+            assert torch.all((~keep).sum(1) == k)
+            for row in range(weight.shape[0]):
+                assert weight[row].abs()[keep[row]].min() >= weight[row].abs()[~keep[row]].max()
+    params = canonical_parameters(model)
+    for name in names:
+        assert torch.equal(params[name].detach(), originals[name] * outcome.masks[name])
+
+
+def test_global_sparsity_is_exact(tiny_llama: Path) -> None:
+    _, _, outcome = pruned_model(tiny_llama, method="magnitude", sparsity=0.37)
+    total = sum(m.numel() for m in outcome.masks.values())
+    assert sum(int((~m).sum()) for m in outcome.masks.values()) == prune_count(0.37, total)
+
+
+def test_large_magnitude_prunes_the_largest(tiny_llama: Path) -> None:
+    reference, _ = load(tiny_llama)
+    originals = {m.name: m.param.detach().clone() for m in prunable_matrices(reference)}
+    _, _, outcome = pruned_model(tiny_llama, method="large-magnitude", sparsity=0.3, scope="layer")
+    for name, weight in originals.items():
+        keep = outcome.masks[name]
+        assert weight.abs()[~keep].min() >= weight.abs()[keep].max()
+
+
+def test_random_is_seeded_and_uniform(tiny_llama: Path) -> None:
+    _, _, first = pruned_model(tiny_llama, method="random", sparsity=0.5, seed=1)
+    _, _, again = pruned_model(tiny_llama, method="random", sparsity=0.5, seed=1)
+    _, _, other = pruned_model(tiny_llama, method="random", sparsity=0.5, seed=2)
+    assert all(torch.equal(first.masks[n], again.masks[n]) for n in first.masks)
+    assert any(not torch.equal(first.masks[n], other.masks[n]) for n in first.masks)
+    # Uniform: with one global threshold over i.i.d. scores, every matrix lands near 50%.
+    for name, keep in first.masks.items():
+        n = keep.numel()
+        assert abs(float((~keep).float().mean()) - 0.5) < 4 * math.sqrt(0.25 / n) + 1e-9, name
+
+
+@pytest.mark.parametrize("pattern", ["2:4", "4:8", "1:4"])
+@pytest.mark.parametrize("method", ["magnitude", "random", "wanda", "sparsegpt"])
+def test_n_m_patterns_valid_for_every_method(
+    tiny_llama: Path, calib_file: Path, pattern: str, method: str
+) -> None:
+    n, m = map(int, pattern.split(":"))
+    _, _, outcome = pruned_model(
+        tiny_llama, method=method, pattern=pattern, calib=str(calib_file), calib_samples=4, calib_seqlen=16
+    )
+    for keep in outcome.masks.values():
+        rows, cols = keep.shape
+        assert torch.all(keep.reshape(rows, cols // m, m).sum(-1) == n)
+
+
+def test_wanda_score_is_weight_times_input_norm() -> None:
+    weight = torch.tensor([[1.0, -2.0, 3.0], [-4.0, 5.0, -6.0]])
+    x = torch.tensor([[1.0, 0.0, 2.0], [2.0, 1.0, 0.0], [0.0, 3.0, 1.0]])
+    norms = x.pow(2).sum(0).sqrt()
+    scores = wanda_scores(weight, norms)
+    for i in range(2):
+        for j in range(3):
+            assert math.isclose(
+                scores[i, j].item(),
+                abs(weight[i, j].item()) * math.sqrt(sum(x[t, j].item() ** 2 for t in range(3))),
+                rel_tol=1e-6,
+            )
+
+
+def test_wanda_first_block_masks_follow_dense_activation_norms(tiny_llama: Path, calib_file: Path) -> None:
+    model, tokenizer = load(tiny_llama)
+    calib = calibration_samples(calib_file.read_text(), tokenizer, model, 4, 16, seed=0)
+    runner = LayerwiseRunner(model, calib.input_ids)
+    block0 = [m for m in prunable_matrices(model) if m.block == 0]
+    inputs: dict[str, list[torch.Tensor]] = {}
+    remove = collect_inputs(
+        {m.name: m.module for m in block0}, lambda n, x: inputs.setdefault(n, []).append(x.clone())
+    )
+    runner.run(runner.blocks[0], keep_outputs=False)
+    remove()
+    _, _, outcome = pruned_model(
+        tiny_llama, method="wanda", sparsity=0.5, calib=str(calib_file), calib_samples=4, calib_seqlen=16
+    )
+    for matrix in block0:
+        x = torch.cat(inputs[matrix.name])
+        score = matrix.param.detach().abs() * x.pow(2).sum(0).sqrt()
+        k = prune_count(0.5, score.shape[1])
+        expected = torch.ones_like(score, dtype=torch.bool)
+        expected.scatter_(1, torch.sort(score, dim=1, stable=True).indices[:, :k], False)
+        assert torch.equal(outcome.masks[matrix.name], expected)
+
+
+def _correlated_inputs(cols: int, tokens: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    mixing = torch.randn(cols, cols, generator=generator)
+    return torch.randn(tokens, cols, generator=generator) @ mixing
+
+
+def test_sparsegpt_reconstructs_better_than_magnitude() -> None:
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(16, 32, generator=generator)
+    x = _correlated_inputs(32, 256, seed=1)
+    hessian = 2 * x.T @ x / x.shape[0]
+    new_weight, keep = sparsegpt_prune_matrix(weight, hessian, 0.5, block_size=8, damp=0.0)
+    k = prune_count(0.5, weight.numel())
+    assert int((~keep).sum()) == k
+    assert torch.all(new_weight[~keep] == 0)
+    magnitude_keep = torch.ones_like(keep)
+    magnitude_keep.view(-1)[torch.sort(weight.abs().reshape(-1), stable=True).indices[:k]] = False
+    magnitude_error = torch.linalg.norm(x @ weight.T - x @ (weight * magnitude_keep).T)
+    sparsegpt_error = torch.linalg.norm(x @ weight.T - x @ new_weight.T)
+    assert sparsegpt_error < magnitude_error
+    # Even with SparseGPT's mask, the weight update itself must help.
+    assert sparsegpt_error < torch.linalg.norm(x @ weight.T - x @ (weight * keep).T)
+
+
+def test_sparsegpt_matches_obs_closed_form_for_one_weight() -> None:
+    """Removing one weight q from a row: δ = −w_q/[H⁻¹]_qq · H⁻¹[:, q] (Hassibi & Stork's OBS)."""
+    generator = torch.Generator().manual_seed(4)
+    cols = 8
+    weight = torch.randn(1, cols, generator=generator, dtype=torch.float64) + 2.0
+    weight[0, 0] = 0.01  # by far the least salient, and first in column order, so OBS applies exactly
+    x = _correlated_inputs(cols, 64, seed=5).to(torch.float64)
+    hessian = 2 * x.T @ x / x.shape[0]
+    new_weight, keep = sparsegpt_prune_matrix(weight, hessian, 1 / cols, damp=0.0)
+    assert keep.sum() == cols - 1 and not keep[0, 0]
+    inverse = torch.linalg.inv(hessian)
+    expected = weight[0] - weight[0, 0] / inverse[0, 0] * inverse[:, 0]
+    assert torch.allclose(new_weight[0], expected, atol=1e-9)
+    assert new_weight[0, 0] == 0
+
+
+def test_sparsegpt_end_to_end_exact_sparsity_and_weights_stored(tiny_llama: Path, calib_file: Path) -> None:
+    record = run_prune(
+        resolve(str(tiny_llama)),
+        PruneConfig(
+            method="sparsegpt", sparsity=0.5, calib=str(calib_file), calib_samples=4, calib_seqlen=16
+        ),
+    )
+    assert record["sparsity"] == pytest.approx(0.5, abs=1e-12)
+    model, tokenizer, outcome = pruned_model(
+        tiny_llama, method="sparsegpt", sparsity=0.5, calib=str(calib_file), calib_samples=4, calib_seqlen=16
+    )
+    loaded, _ = load_model(resolve(record["path"]))
+    expected = canonical_parameters(model)
+    for name, param in canonical_parameters(loaded).items():
+        assert torch.equal(param.detach(), expected[name].detach()), name
+
+
+def test_owl_sparsities_formula() -> None:
+    values = owl_sparsities([0.01, 0.02, 0.05, 0.03], 0.6, 0.08)
+    assert math.isclose(sum(values) / 4, 0.6, abs_tol=1e-12)
+    assert math.isclose(max(values) - min(values), 2 * 0.08, abs_tol=1e-12)
+    assert values.index(min(values)) == 2 and values.index(max(values)) == 0
+    assert owl_sparsities([0.1, 0.1], 0.5, 0.08) == [0.5, 0.5]
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda"])
+def test_owl_prunes_blocks_at_their_own_sparsity(tiny_llama: Path, calib_file: Path, method: str) -> None:
+    model, _, outcome = pruned_model(
+        tiny_llama,
+        method=method,
+        sparsity=0.5,
+        owl=True,
+        owl_lambda=0.1,
+        owl_m=2.0,
+        calib=str(calib_file),
+        calib_samples=4,
+        calib_seqlen=16,
+    )
+    assert outcome.block_sparsity is not None
+    assert sum(outcome.block_sparsity.values()) / len(outcome.block_sparsity) == pytest.approx(0.5)
+    for matrix in prunable_matrices(model):
+        target = outcome.block_sparsity[matrix.block]
+        achieved = float((~outcome.masks[matrix.name]).float().mean())
+        assert abs(achieved - target) <= 1 / matrix.param.shape[1] + 1e-9
+
+
+def test_calibration_windows_capped_at_model_context(tiny_llama: Path) -> None:
+    model, tokenizer = load(tiny_llama)
+    calib = calibration_samples(TEXT, tokenizer, model, 3, 10_000, seed=0)
+    assert calib.seqlen == 64 and calib.input_ids.shape == (3, 64)
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        (dict(sparsity=1.0), "must be in [0, 1)"),
+        (dict(sparsity=-0.1), "must be in [0, 1)"),
+        (dict(sparsity=0.5, method="magnitud"), "did you mean 'magnitude'"),
+        (dict(sparsity=0.5, scope="globl"), "did you mean 'global'"),
+        (dict(sparsity=0.5, method="sparsegpt", scope="global"), "supports scopes"),
+        (dict(pattern="4:2"), "0 < N < M"),
+        (dict(pattern="2-4"), "is not 'unstructured' or N:M"),
+        (dict(pattern="2:4", sparsity=0.6), "contradicts"),
+        (dict(sparsity=0.5, method="random", owl=True), "--owl applies"),
+        (dict(), "--sparsity is required"),
+        (dict(sparsity=0.5, method="wanda", calib="/nonexistent.txt"), "does not exist"),
+    ],
+)
+def test_bad_configs_raise_clear_errors(config: dict, message: str) -> None:
+    with pytest.raises(JdnaError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        plan_prune(PruneConfig(**config))
