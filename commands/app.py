@@ -10,7 +10,9 @@ import click
 import typer
 
 from jdna import __version__
-from jdna.commands import export, info, prune, unavailable
+from jdna.commands import difficulty, export, finetune, info, lmc, lowrank, plot, prune, quantize
+from jdna.commands import eval as eval_cmd
+from jdna.commands import tasks as tasks_cmd
 from jdna.errors import JdnaError
 
 try:  # newer typer vendors its own click
@@ -34,7 +36,14 @@ app = typer.Typer(
 app.command("prune")(prune.prune)
 app.command("info")(info.info)
 app.command("export")(export.export)
-unavailable.register(app, ["quantize", "finetune", "eval", "difficulty", "lmc", "plot"])
+app.command("finetune")(finetune.finetune)
+app.command("quantize")(quantize.quantize)
+app.command("lowrank")(lowrank.lowrank)
+app.command("difficulty")(difficulty.difficulty)
+app.command("plot")(plot.plot)
+app.command("eval")(eval_cmd.eval_command)
+app.command("tasks")(tasks_cmd.tasks)
+app.command("lmc")(lmc.lmc)
 
 
 @app.callback()

@@ -35,3 +35,6 @@ def masks_of(artifact: Artifact) -> dict[str, torch.Tensor]:
     """Keep-masks stored in an artifact (pruned ones, and any later kind that carries its parent's mask)."""
     shapes = artifact.header.get("masks", {})
     return {name: unpack_mask(packed, shapes[name]) for name, packed in artifact.tensors("mask.").items()}
+
+import jdna.finetune_applier  # noqa: E402,F401  (registers the "finetuned" applier)
+import jdna.quantization.appliers  # noqa: F401,E402  (registers the quantized and lowrank appliers)

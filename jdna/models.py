@@ -294,7 +294,10 @@ def load_model(
         AutoModelForSequenceClassification,
         AutoTokenizer,
     )
+    from transformers.utils import logging as hf_logging
 
+    # jdna reports its own progress; transformers' per-load bars would interleave with it on stderr.
+    hf_logging.disable_progress_bar()
     head = head or head_of(ref)
     kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": not allow_pickle}
     if head and head.get("type") == "sequence_classification":

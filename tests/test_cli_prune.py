@@ -93,11 +93,6 @@ def test_export_writes_plain_hf_dir(tiny_llama: Path, tmp_path: Path) -> None:
         assert torch.equal(a, b), name
 
 
-def test_not_yet_available_commands_exit_2() -> None:
-    result = run("finetune", "--task", "x")
-    assert result.code == 2 and "not available yet" in result.stderr
-
-
 def _assert_clean_failure(result, fragment: str, tmp_path: Path, check_nothing_written: bool = True) -> None:
     assert result.code == 2, (result.stdout, result.stderr)
     assert result.stdout == ""

@@ -1,0 +1,90 @@
+"""jdna finetune: dense / sparse / freeze / regrow transfer of a (pruned) model to a classification task."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from jdna.commands.common import CliReporter, emit, model_from_stdin, output_path
+from jdna.finetune import MODES, FinetuneConfig, check_model, plan, run_finetune
+from jdna.models import resolve
+
+
+def finetune(
+    model: Annotated[
+        str | None, typer.Argument(help="Path, HF id, demo name, or '-'/nothing to read a record from stdin.")
+    ] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(help="Classification task, e.g. bigbench:vitaminc_fact_verification, sst2, file:PATH."),
+    ] = None,
+    mode: Annotated[
+        str,
+        typer.Option(
+            help=f"One of: {', '.join(MODES)}. dense: the unpruned model; sparse: pruned weights stay exactly "
+            "zero; freeze: pruned positions keep their pretrained values; regrow: pruned weights start at "
+            "zero and train."
+        ),
+    ] = "sparse",
+    train_fraction: Annotated[
+        float | None, typer.Option(help="Fraction of the train pool to use, in (0, 1] (stratified, seeded).")
+    ] = None,
+    train_examples: Annotated[
+        int | None, typer.Option(help="Number of training examples (stratified by label, seeded).")
+    ] = None,
+    epochs: Annotated[int, typer.Option(help="Passes over the training examples.")] = 3,
+    lr: Annotated[
+        float | None, typer.Option(help="Peak learning rate (default 5e-5 for encoders, 1e-4 for causal LMs).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Examples per micro-batch.")] = 16,
+    grad_accum: Annotated[int, typer.Option(help="Micro-batches per optimizer step.")] = 1,
+    max_length: Annotated[int, typer.Option(help="Tokens per example (longer ones are truncated).")] = 128,
+    warmup: Annotated[float, typer.Option(help="Linear warmup, as a fraction of the optimizer steps.")] = 0.06,
+    weight_decay: Annotated[float, typer.Option(help="AdamW decoupled weight decay (not on 1-D params).")] = 0.01,
+    seed: Annotated[int, typer.Option(help="Seed for the head, data subset and order, and dropout.")] = 0,
+    eval_limit: Annotated[
+        int | None,
+        typer.Option(help="Evaluate at most this many validation items (seeded subset); 0 for all."),
+    ] = 1000,
+    checkpoint_every: Annotated[
+        int, typer.Option(help="Write a resumable checkpoint every N optimizer steps (and on Ctrl-C/SIGTERM).")
+    ] = 100,
+    output: Annotated[
+        str | None,
+        typer.Option("--output", "-o", help="Artifact path (default: content-addressed under ./runs/)."),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option(help="Retrain even if the content-addressed artifact exists; drop any checkpoint.")
+    ] = False,
+    allow_pickle: Annotated[
+        bool, typer.Option(help="Allow loading pickle (.bin) weights. Only for trusted models.")
+    ] = False,
+) -> None:
+    """Fine-tune a (pruned) model with a classification head; check the mode's invariant; evaluate.
+
+    Writes a finetuned artifact (weights + masks) and an eval record of the validation pool. An interrupted
+    run (Ctrl-C, SIGTERM) leaves a checkpoint beside the output; the same command resumes from it.
+    """
+    config = FinetuneConfig(
+        task=task or "",
+        mode=mode,
+        train_fraction=train_fraction,
+        train_examples=train_examples,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        max_length=max_length,
+        warmup=warmup,
+        weight_decay=weight_decay,
+        seed=seed,
+        eval_limit=None if eval_limit == 0 else eval_limit,
+        checkpoint_every=checkpoint_every,
+    )
+    plan(config)  # validate the flags before touching any model or file
+    out = output_path(output)
+    ref = resolve(model_from_stdin(model), allow_pickle=allow_pickle)
+    check_model(ref, config)
+    record = run_finetune(ref, config, out, CliReporter("finetune"), force=force)
+    emit(record)

@@ -1,0 +1,54 @@
+"""jdna lowrank: truncated-SVD factorization of each weight matrix (the low-rank baseline)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from jdna.commands.common import CliReporter, emit, model_from_stdin, output_path
+from jdna.models import resolve
+from jdna.quantization.run import LowRankConfig, plan_lowrank, run_lowrank
+
+
+def lowrank(
+    model: Annotated[
+        str | None, typer.Argument(help="Path, HF id, demo name, or '-'/nothing to read a record from stdin.")
+    ] = None,
+    rank_ratio: Annotated[
+        float | None,
+        typer.Option("--rank-ratio", "-r", help="Rank kept as a fraction of min(rows, cols), in (0, 1]."),
+    ] = None,
+    energy: Annotated[
+        float | None,
+        typer.Option(help="Instead: smallest rank keeping this fraction of Σσ² per matrix, in (0, 1]."),
+    ] = None,
+    include: Annotated[
+        list[str] | None, typer.Option(help="Also factorize parameters matching this glob (repeatable).")
+    ] = None,
+    exclude: Annotated[
+        list[str] | None, typer.Option(help="Never factorize parameters matching this glob (repeatable).")
+    ] = None,
+    output: Annotated[
+        str | None,
+        typer.Option("--output", "-o", help="Artifact path (default: content-addressed under ./runs/)."),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option(help="Recompute even if the content-addressed artifact exists.")
+    ] = False,
+    allow_pickle: Annotated[
+        bool, typer.Option(help="Allow loading pickle (.bin) weights. Only for trusted models.")
+    ] = False,
+) -> None:
+    """Replace each transformer-block weight matrix W by U_r S_r V_rᵀ and write a lowrank artifact (factors)."""
+    config = LowRankConfig(
+        rank_ratio=rank_ratio,
+        energy=energy,
+        include=tuple(include or ()),
+        exclude=tuple(exclude or ()),
+    )
+    plan_lowrank(config)  # validate the flags before touching any model or file
+    out = output_path(output)
+    ref = resolve(model_from_stdin(model), allow_pickle=allow_pickle)
+    record = run_lowrank(ref, config, out, CliReporter("lowrank"), force=force)
+    emit(record)

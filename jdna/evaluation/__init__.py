@@ -1,0 +1,282 @@
+"""Evaluation: run a model on a task with difficulty knobs and write a content-addressed result record.
+
+`run_eval(ref, EvalConfig(task=..., shots=..., options=...))` loads the task, applies the knobs that need no
+model (split, limit, options, shots) and checks everything it can before loading a model, then hands the
+items to the evaluator registered for the task's kind (`EVALUATORS`: multiple_choice, generation,
+perplexity, classification). The record follows docs/records.md; it is written atomically to `output` or to
+`runs/eval/<id[:20]>.json`, where `id` = artifact_id(model identity, "eval", params) and params are the task,
+its kind, every knob and the protocol version (not the batch size, which does not change predictions).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from jdna.artifact import artifact_id, versions
+from jdna.errors import JdnaError, unknown_name_error
+from jdna.evaluation import classification, generation, multiple_choice, perplexity  # noqa: F401  (registration)
+from jdna.evaluation.base import (
+    EVAL_PROTOCOL_VERSION,
+    EVALUATORS,
+    KIND_KNOBS,
+    KNOB_FLAGS,
+    SPLITS,
+    TRANSFER_MODES,
+    EvalConfig,
+    EvalContext,
+    Outcome,
+    Prepared,
+    draw_all_shots,
+)
+from jdna.io import write_json_atomic, write_text_atomic
+from jdna.models import ModelRef, default_device
+from jdna.paths import runs_dir
+from jdna.progress import Reporter
+from jdna.tasks import Task, load_task, parse_spec, restrict_options
+from jdna.tasks.base import hash_rank
+
+__all__ = [
+    "EVALUATORS",
+    "EVAL_PROTOCOL_VERSION",
+    "EvalConfig",
+    "prepare",
+    "run_eval",
+    "summary",
+    "validate",
+]
+
+
+def validate(config: EvalConfig) -> None:
+    """Check the flags alone (no task data, no model): ranges, names, files. Raises JdnaError."""
+    if not config.task or not config.task.strip():
+        raise JdnaError("no task given: pass --task NAME (see 'jdna tasks')")
+    source, name, _ = parse_spec(config.task)  # unknown names fail here with the nearest valid one
+    if source == "file" and not Path(name).expanduser().is_file():
+        raise JdnaError(f"task file {name} not found: pass file:PATH with the path of a .jsonl task file")
+    if config.shots < 0:
+        raise JdnaError(f"--shots {config.shots} is negative: use 0 or more")
+    if config.options is not None and config.options < 2:
+        raise JdnaError(f"--options {config.options} leaves nothing to choose between: use at least 2")
+    if config.context_tokens is not None and config.context_tokens < 0:
+        raise JdnaError(f"--context-tokens {config.context_tokens} is negative: use 0 (closed book) or more")
+    if config.train_fraction is not None and not 0.0 < config.train_fraction <= 1.0:
+        raise JdnaError(f"--train-fraction {config.train_fraction} is outside (0, 1]: use e.g. 0.1")
+    if config.train_examples is not None and config.train_examples < 1:
+        raise JdnaError(f"--train-examples {config.train_examples} is below 1: use at least 1")
+    if config.train_fraction is not None and config.train_examples is not None:
+        raise JdnaError("give --train-fraction or --train-examples, not both")
+    if config.limit is not None and config.limit < 1:
+        raise JdnaError(f"--limit {config.limit} is below 1: use at least 1, or leave it out for every item")
+    if config.split not in SPLITS:
+        raise JdnaError(f"unknown --split '{config.split}': use {' or '.join(SPLITS)}")
+    if config.batch_size is not None and config.batch_size < 1:
+        raise JdnaError(f"--batch-size {config.batch_size} is below 1: use at least 1, or leave it out (auto)")
+    if config.max_new_tokens < 1:
+        raise JdnaError(f"--max-new-tokens {config.max_new_tokens} is below 1: use e.g. 32")
+    if config.transfer_mode is not None and config.transfer_mode not in TRANSFER_MODES:
+        raise unknown_name_error("transfer mode", config.transfer_mode, TRANSFER_MODES)
+    if config.log_samples is not None:
+        parent = Path(config.log_samples).expanduser().parent
+        if not parent.is_dir():
+            raise JdnaError(f"--log-samples directory '{parent}' does not exist: create it or choose another path")
+
+
+def _check_knobs(task: Task, config: EvalConfig) -> None:
+    allowed = KIND_KNOBS[task.kind]
+    given = {
+        "shots": config.shots or None,
+        "options": config.options,
+        "context_tokens": config.context_tokens,
+        "train_fraction": config.train_fraction,
+        "train_examples": config.train_examples,
+    }
+    for knob, value in given.items():
+        if value is not None and knob not in allowed:
+            takes = ", ".join(KNOB_FLAGS[k] for k in allowed) or "no difficulty knobs"
+            raise JdnaError(
+                f"{KNOB_FLAGS[knob]} does not apply to {config.task}, a {task.kind} task (it takes {takes}): "
+                f"drop {KNOB_FLAGS[knob]}"
+            )
+    if config.context_tokens is not None and not any(item.context for item in task.items + task.train_items):
+        raise JdnaError(f"--context-tokens needs context documents, but {config.task} has none: drop it")
+
+
+_LAST_PREPARED: list[tuple[EvalConfig, Prepared]] = []
+
+
+def prepare(config: EvalConfig) -> Prepared:
+    """Load the task and apply every model-independent knob; all knob errors surface here, before any model.
+
+    The last result is remembered, so a caller that prepares to validate and then calls run_eval with the
+    same config loads the task once.
+    """
+    for seen, prepared in _LAST_PREPARED:
+        if seen == config:
+            return prepared
+    prepared = _prepare(config)
+    _LAST_PREPARED[:] = [(config, prepared)]
+    return prepared
+
+
+def _prepare(config: EvalConfig) -> Prepared:
+    validate(config)
+    options = {"as_kind": config.as_kind} if config.as_kind else {}
+    task = load_task(config.task, **options)
+    if task.kind not in EVALUATORS:
+        raise JdnaError(f"task {config.task} has kind '{task.kind}', which jdna eval cannot score")
+    _check_knobs(task, config)
+    pool = task.items if config.split == "test" else task.train_items
+    if not pool:
+        raise JdnaError(f"task {config.task} has no items in its {config.split} split: use --split test")
+    items = list(pool)
+    if config.limit is not None and config.limit < len(items):
+        # A seeded sample (not the first N, which for MMLU would all be one subject); nested in N.
+        chosen = {item.id for item in hash_rank(items, config.seed, "limit")[: config.limit]}
+        items = [item for item in items if item.id in chosen]
+    if config.options is not None:
+        items = restrict_options(items, config.options, config.seed)
+    shots, shot_pool = draw_all_shots(task, items, config.shots, config.seed, [item.id for item in pool])
+    return Prepared(task=task, items=items, shots=shots, shot_pool=shot_pool)
+
+
+def eval_params(ref: ModelRef, prepared: Prepared, config: EvalConfig) -> dict[str, Any]:
+    """Everything that decides the result, hence the content address (batch size excluded)."""
+    evaluator = EVALUATORS.get(prepared.task.kind)
+    return {
+        "protocol": EVAL_PROTOCOL_VERSION,
+        "task": config.task,
+        "as_kind": config.as_kind,
+        "kind": prepared.task.kind,
+        "knobs": config.knobs(),
+        "shot_pool": prepared.shot_pool,
+        **evaluator.id_params(ref, prepared, config),
+    }
+
+
+def default_record_path(identity: str) -> Path:
+    return runs_dir() / "eval" / f"{identity[:20]}.json"
+
+
+def summary(record: dict[str, Any]) -> dict[str, Any]:
+    """The stdout line: the record without its bulky per-item data."""
+    return {key: value for key, value in record.items() if key != "per_item"}
+
+
+def _read_cached(path: Path, identity: str) -> dict[str, Any] | None:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if isinstance(record, dict) and record.get("kind") == "eval" and record.get("id") == identity:
+        return record
+    return None
+
+
+def _model_block(ref: ModelRef) -> dict[str, Any]:
+    return {
+        "name": ref.display_name,
+        "id": ref.identity,
+        "base": ref.base.name,
+        "base_sha256": ref.base.sha256,
+        "lineage": ref.lineage(),
+        "compression": ref.compression(),
+    }
+
+
+def _device_and_dtype() -> tuple[torch.device, torch.dtype]:
+    device = default_device()
+    return device, (torch.bfloat16 if device.type == "cuda" else torch.float32)
+
+
+def _write_samples(path: Path, outcome: Outcome, record: dict[str, Any]) -> None:
+    lines = [json.dumps({"task": record["task"], "eval_id": record["id"], **sample}) for sample in outcome.samples]
+    write_text_atomic(Path(path).expanduser(), "\n".join(lines) + ("\n" if lines else ""))
+
+
+def run_eval(
+    ref: ModelRef,
+    config: EvalConfig,
+    output: Path | None = None,
+    reporter: Reporter | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Evaluate the model `ref` names on `config.task`; returns the full record (see docs/records.md).
+
+    A record already at the content-addressed path (or `output`) with the same id is returned with
+    `"cached": true` instead of re-running, unless `force` or `config.log_samples` (samples are not kept
+    in the record, so they are recomputed).
+    """
+    reporter = reporter or Reporter()
+    started = time.perf_counter()
+    prepared = prepare(config)
+    evaluator = EVALUATORS.get(prepared.task.kind)
+    evaluator.check(ref, prepared, config)
+    params = eval_params(ref, prepared, config)
+    identity = artifact_id(ref.identity, "eval", params)
+    path = Path(output) if output else default_record_path(identity)
+    if path.exists() and not force:
+        cached = _read_cached(path, identity)
+        if cached is not None and config.log_samples is None:
+            reporter.log(f"cache hit: {path}")
+            return {**cached, "path": str(path), "cached": True}
+        if cached is not None:
+            reporter.log("recomputing the cached result to write --log-samples")
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    device, dtype = _device_and_dtype()
+    n = len(prepared.items)
+    knob_text = ", ".join(f"{k}={v}" for k, v in config.knobs().items() if v not in (None, 0) or k == "seed")
+    reporter.log(f"{config.task} ({prepared.task.kind}), {n} items; {knob_text}")
+    ctx = EvalContext(ref=ref, config=config, prepared=prepared, reporter=reporter, device=device, dtype=dtype)
+    outcome = evaluator.run(ctx)
+    total = time.perf_counter() - started
+    record: dict[str, Any] = {
+        "kind": "eval",
+        "path": str(path),
+        "id": identity,
+        "cached": False,
+        "task": config.task,
+        "task_kind": prepared.task.kind,
+        "knobs": config.knobs(),
+        "primary_metric": next(iter(outcome.metrics)),
+        "metrics": outcome.metrics,
+        "higher_is_better": evaluator.higher_is_better,
+        "n": n,
+        "model": _model_block(ref),
+        "transfer": outcome.transfer,
+        "protocol": {
+            "version": EVAL_PROTOCOL_VERSION,
+            "shot_pool": prepared.shot_pool,
+            "task_source": prepared.task.source,
+            "provenance": prepared.task.provenance,
+            **{k: v for k, v in params.items() if k not in ("protocol", "task", "kind", "knobs", "shot_pool")},
+        },
+        **outcome.extra,
+        "device": device.type,
+        "dtype": str(dtype).replace("torch.", ""),
+        "per_item": outcome.per_item,
+        "timing": {
+            "seconds": round(total, 3),
+            "scoring_seconds": round(outcome.seconds, 3),
+            "items_per_second": round(n / outcome.seconds, 3) if outcome.seconds > 0 else None,
+        },
+        "versions": versions(),
+    }
+    if "load_seconds" in record:
+        record["timing"]["load_seconds"] = record.pop("load_seconds")
+    write_json_atomic(path, record)
+    if config.log_samples is not None:
+        _write_samples(Path(config.log_samples), outcome, record)
+        reporter.log(f"wrote {len(outcome.samples)} samples to {config.log_samples}")
+    primary = record["primary_metric"]
+    entry = outcome.metrics[primary]
+    reporter.log(
+        f"{primary} = {entry['value']:.4f} (95% CI {entry['ci95'][0]:.4f}–{entry['ci95'][1]:.4f}), n = {n}, "
+        f"{record['timing']['seconds']:.1f} s"
+    )
+    return record

@@ -1,0 +1,188 @@
+"""What every task kind's evaluator shares: the config, the prepared items, the outcome, and the registry.
+
+An evaluator (one module per task kind, registered in `EVALUATORS` by kind name) gets an `EvalContext`
+whose items have already been through the model-independent knobs (split, limit, options, shots), and
+returns an `Outcome`: metrics with bootstrap intervals, per-item values and per-item samples. Everything
+that can be checked without a model is checked before any model is loaded.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from jdna.errors import JdnaError
+from jdna.metrics import bootstrap_ci
+from jdna.models import ModelRef
+from jdna.progress import Reporter
+from jdna.registry import Registry
+from jdna.tasks import Item, Task, draw_shots
+
+# Bumped whenever a change to prompting, scoring or metrics could change a result: part of every eval's
+# content address, so old records are not served as cache hits for a different protocol.
+EVAL_PROTOCOL_VERSION = 1
+
+SPLITS = ("test", "train")
+TRANSFER_MODES = ("sparse", "dense", "freeze", "regrow")
+BOOTSTRAP_RESAMPLES = 1000
+
+# The knobs (EvalConfig field names) each task kind takes; any other knob given is an error.
+KIND_KNOBS: dict[str, tuple[str, ...]] = {
+    "multiple_choice": ("shots", "options"),
+    "generation": ("shots", "context_tokens"),
+    "classification": ("train_fraction", "train_examples"),
+    "perplexity": (),
+}
+
+KNOB_FLAGS = {
+    "shots": "--shots",
+    "options": "--options",
+    "context_tokens": "--context-tokens",
+    "train_fraction": "--train-fraction",
+    "train_examples": "--train-examples",
+}
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Everything that decides an evaluation. All but `batch_size` and `log_samples` enter its content address.
+
+    `shots` defaults to 0; the other knobs default to None, meaning "not applied". `as_kind` is passed to
+    the task loader (BIG-bench: load a fixed-label multiple-choice task as classification).
+    """
+
+    task: str
+    shots: int = 0
+    options: int | None = None
+    context_tokens: int | None = None
+    train_fraction: float | None = None
+    train_examples: int | None = None
+    limit: int | None = None
+    split: str = "test"
+    seed: int = 0
+    batch_size: int | None = None
+    max_new_tokens: int = 32
+    transfer_mode: str | None = None
+    as_kind: str | None = None
+    log_samples: Path | None = None
+
+    def knobs(self) -> dict[str, Any]:
+        """The knob block of the result record (docs/records.md)."""
+        return {
+            "shots": self.shots,
+            "options": self.options,
+            "context_tokens": self.context_tokens,
+            "train_fraction": self.train_fraction,
+            "train_examples": self.train_examples,
+            "limit": self.limit,
+            "split": self.split,
+            "seed": self.seed,
+        }
+
+
+@dataclass
+class Prepared:
+    """The task after the model-independent knobs: the items to evaluate and each item's demonstrations."""
+
+    task: Task
+    items: list[Item]
+    shots: dict[str, list[Item]]
+    shot_pool: str | None  # "group" (same subject/subtask), "task", or None without shots
+
+
+@dataclass
+class EvalContext:
+    ref: ModelRef
+    config: EvalConfig
+    prepared: Prepared
+    reporter: Reporter
+    device: torch.device
+    dtype: torch.dtype
+
+
+@dataclass
+class Outcome:
+    """What an evaluator measured. `per_item` has at least `ids` and `values` (see docs/records.md)."""
+
+    metrics: dict[str, dict[str, Any]]
+    per_item: dict[str, Any]
+    samples: list[dict[str, Any]]
+    seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+    transfer: dict[str, Any] | None = None
+    model_ref: ModelRef | None = None  # the model actually scored, when it differs (auto fine-tuning)
+
+
+class Evaluator(Protocol):
+    higher_is_better: bool
+
+    def check(self, ref: ModelRef, prepared: Prepared, config: EvalConfig) -> None:
+        """Model-dependent checks that need no weights (model family, heads); raise JdnaError."""
+
+    def id_params(self, ref: ModelRef, prepared: Prepared, config: EvalConfig) -> dict[str, Any]:
+        """Kind-specific parameters that enter the content address."""
+
+    def run(self, ctx: EvalContext) -> Outcome:
+        """Load the model, score the items, compute metrics."""
+
+
+EVALUATORS: Registry[Evaluator] = Registry("task kind")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Shared helpers
+
+
+def needs_causal_lm(ref: ModelRef, kind: str) -> None:
+    if ref.base.family != "causal_lm":
+        raise JdnaError(
+            f"{kind} tasks score text with a causal language model, but '{ref.base.name}' is an encoder: "
+            "use a causal LM (e.g. smollm2-135m) or a classification task"
+        )
+
+
+def draw_all_shots(
+    task: Task, items: Sequence[Item], k: int, seed: int, exclude_ids: Sequence[str]
+) -> tuple[dict[str, list[Item]], str | None]:
+    """Each item's k demonstrations: one seeded set per group when every item has a group (MMLU subjects,
+    BIG-bench subtasks: the original protocols keep demonstrations in the question's subject), else one
+    seeded set for the whole task. Shared sets let the scorer run the demonstrations once."""
+    if k == 0:
+        return {item.id: [] for item in items}, None
+    train_groups = Counter(item.group for item in task.train_items)
+    grouped = all(item.group is not None and train_groups[item.group] > 0 for item in items)
+    drawn: dict[str | None, list[Item]] = {}
+    out: dict[str, list[Item]] = {}
+    for item in items:
+        group = item.group if grouped else None
+        if group not in drawn:
+            drawn[group] = draw_shots(task.train_items, k, seed, exclude_ids, group=group)
+        out[item.id] = drawn[group]
+    return out, "group" if grouped else "task"
+
+
+def interval(values: Sequence[float] | np.ndarray, seed: int) -> list[float]:
+    low, high = bootstrap_ci(np.asarray(values, dtype=np.float64), n_resamples=BOOTSTRAP_RESAMPLES, seed=seed)
+    return [round(low, 6), round(high, 6)]
+
+
+def metric_entry(value: float, ci: Sequence[float]) -> dict[str, Any]:
+    return {"value": round(float(value), 6), "ci95": [round(float(c), 6) for c in ci]}
+
+
+def load_lm(ctx: EvalContext) -> tuple[Any, Any, float]:
+    """The causal LM and tokenizer on the context's device and dtype, and the seconds it took."""
+    import time
+
+    from jdna.models import load_model
+
+    started = time.perf_counter()
+    ctx.reporter.log(f"loading {ctx.ref.display_name} ({ctx.device.type}, {str(ctx.dtype).replace('torch.', '')})")
+    model, tokenizer = load_model(ctx.ref, device=ctx.device, dtype=ctx.dtype)
+    return model, tokenizer, time.perf_counter() - started

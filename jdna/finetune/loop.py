@@ -1,0 +1,215 @@
+"""The training loop: AdamW with linear warmup/decay, mask enforcement, checkpoints, clean interruption.
+
+The loop is deterministic on CPU for a seed: the batch of every step is recomputed from the step number
+(`jdna.finetune.data.Schedule`), the learning rate is a pure function of the step, and the torch RNG (dropout)
+is checkpointed. A run resumed from a checkpoint therefore continues bit for bit like an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import torch
+from torch import nn
+
+from jdna.finetune.checkpoint import read_checkpoint, restore_checkpoint, save_checkpoint
+from jdna.finetune.data import Encoded, Schedule, collate
+from jdna.finetune.masking import MaskEnforcer
+from jdna.progress import Reporter
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped on SIGINT/SIGTERM after writing a checkpoint; rerunning the command resumes."""
+
+
+@dataclass
+class StopFlag:
+    """Set by a signal handler; the loop checks it between optimizer steps."""
+
+    signal_name: str | None = None
+
+    def __bool__(self) -> bool:
+        return self.signal_name is not None
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[StopFlag]:
+    """SIGINT/SIGTERM ask the loop to checkpoint and stop; a second SIGINT interrupts at once."""
+    flag = StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if flag and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        flag.signal_name = signal.Signals(signum).name
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def lr_at(step: int, total: int, peak: float, warmup: float) -> float:
+    """Linear warmup over the first `warmup` fraction of the steps, then linear decay to 0 (step is 0-based)."""
+    warm = int(math.ceil(warmup * total)) if warmup > 0 else 0
+    if step < warm:
+        return peak * (step + 1) / warm
+    remaining = max(1, total - warm)
+    return peak * max(0.0, (total - step) / remaining)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: no weight decay for biases and normalisation weights (1-D parameters)."""
+    decay, no_decay = [], []
+    for _, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.dim() < 2 else decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+@dataclass
+class TrainSettings:
+    lr: float
+    weight_decay: float
+    warmup: float
+    checkpoint_every: int = 100
+
+
+@dataclass
+class TrainOutcome:
+    losses: list[float] = field(default_factory=list)
+    steps: int = 0
+    resumed_from: int | None = None
+    seconds: float = 0.0
+    examples_per_second: float = 0.0
+
+
+def _format_eta(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def train(
+    model: nn.Module,
+    data: Encoded,
+    schedule: Schedule,
+    enforcer: MaskEnforcer,
+    settings: TrainSettings,
+    pad_id: int,
+    device: torch.device,
+    checkpoint: Path | None = None,
+    identity: str = "",
+    reporter: Reporter | None = None,
+    stop: StopFlag | None = None,
+) -> tuple[TrainOutcome, torch.optim.Optimizer]:
+    """Fine-tune `model` in place; returns the outcome and the optimizer (for the invariant check)."""
+    reporter = reporter or Reporter()
+    stop = stop if stop is not None else StopFlag()
+    optimizer = torch.optim.AdamW(
+        param_groups(model, settings.weight_decay), lr=settings.lr, betas=(0.9, 0.999), eps=1e-8
+    )
+    outcome = TrainOutcome()
+    start_step = 0
+    if checkpoint is not None:
+        payload = read_checkpoint(checkpoint, identity)
+        if payload is not None:
+            restore_checkpoint(checkpoint, payload, model, optimizer)
+            enforcer.after_step(optimizer)
+            start_step = int(payload["step"])
+            outcome.losses = [float(x) for x in payload.get("losses", [])][:start_step]
+            outcome.resumed_from = start_step
+            reporter.log(f"resuming from the checkpoint at step {start_step}/{schedule.total_steps}")
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    )
+    model.train()
+    total = schedule.total_steps
+    started = time.perf_counter()
+    seen = 0
+    order_epoch, order = -1, None
+    last_saved = start_step
+    for step in range(start_step, total):
+        epoch = step // schedule.steps_per_epoch
+        if epoch != order_epoch:
+            order_epoch, order = epoch, schedule.order(epoch)
+        batches = schedule.step_batches(step, order)
+        n_step = sum(len(b) for b in batches)
+        lr = lr_at(step, total, settings.lr, settings.warmup)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.zero_grad(set_to_none=True)
+        step_loss = 0.0
+        for indices in batches:
+            batch = {k: v.to(device) for k, v in collate(data, indices, pad_id).items()}
+            with autocast:
+                loss = model(**batch).loss.float()
+            weight = len(indices) / n_step
+            (loss * weight).backward()
+            step_loss += float(loss.detach()) * weight
+        enforcer.mask_gradients()
+        optimizer.step()
+        enforcer.after_step(optimizer)
+        outcome.losses.append(step_loss)
+        seen += n_step
+        done = step + 1
+        elapsed = time.perf_counter() - started
+        rate = seen / elapsed if elapsed > 0 else 0.0
+        recent = outcome.losses[-20:]
+        eta = (total - done) * elapsed / max(1, done - start_step)
+        reporter.progress(
+            f"train loss {sum(recent) / len(recent):.4f} lr {lr:.2e} {rate:.1f} ex/s ETA {_format_eta(eta)}",
+            done,
+            total,
+        )
+        if checkpoint is not None and done < total and (stop or done - last_saved >= settings.checkpoint_every):
+            model.eval()
+            save_checkpoint(checkpoint, identity, done, model, optimizer, {"losses": outcome.losses})
+            model.train()
+            last_saved = done
+        if stop and done < total:
+            where = f" to {checkpoint}" if checkpoint is not None else ""
+            reporter.log(f"{stop.signal_name}: stopped after step {done}/{total}, checkpoint written{where}")
+            raise Interrupted(f"interrupted at step {done}")
+    model.eval()
+    outcome.steps = total
+    outcome.seconds = time.perf_counter() - started
+    outcome.examples_per_second = seen / outcome.seconds if outcome.seconds > 0 else 0.0
+    return outcome, optimizer
+
+
+def loss_summary(losses: list[float], steps_per_epoch: int, points: int = 20) -> dict[str, Any]:
+    """A compact loss curve: first/last/min, mean per epoch, and `points` evenly spaced window means."""
+    if not losses:
+        return {}
+    epochs = [
+        losses[i : i + steps_per_epoch] for i in range(0, len(losses), max(1, steps_per_epoch))
+    ]
+    window = max(1, len(losses) // points)
+    curve = [
+        round(sum(losses[i : i + window]) / len(losses[i : i + window]), 5) for i in range(0, len(losses), window)
+    ]
+    return {
+        "first": round(losses[0], 5),
+        "last": round(losses[-1], 5),
+        "min": round(min(losses), 5),
+        "epoch_means": [round(sum(e) / len(e), 5) for e in epochs],
+        "curve": curve,
+        "curve_window": window,
+    }

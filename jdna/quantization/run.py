@@ -1,0 +1,689 @@
+"""The quantize and lowrank steps: validation, compressing a loaded model, and writing the artifact.
+
+``jdna quantize`` quantizes the prunable matrices (same set and ``--include``/``--exclude`` rules as prune)
+with round-to-nearest or GPTQ; GPTQ is calibrated one transformer block at a time with the same
+:class:`~jdna.calibration.LayerwiseRunner` SparseGPT uses, so each block's Hessians are measured on the
+outputs of the already-quantized earlier blocks. ``jdna lowrank`` replaces each matrix by its truncated SVD.
+
+Both write artifacts in the layout of docs/artifacts.md and place them on the bits-per-weight axis with
+:mod:`jdna.quantization.accounting`, counting exactly what is stored: packed codes, float16 scales, packed
+zero-points (asymmetric grids only), a 1-bit-per-weight mask when one is carried, float16 factors.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from jdna.appliers import masks_of
+from jdna.artifact import (
+    Artifact,
+    artifact_id,
+    default_output_path,
+    pack_mask,
+    parent_reference,
+    read_artifact,
+    write_artifact,
+)
+from jdna.calibration import (
+    HessianAccumulator,
+    LayerwiseRunner,
+    calibration_samples,
+    collect_inputs,
+    read_calibration_text,
+)
+from jdna.errors import JdnaError, unknown_name_error
+from jdna.io import sha256_file
+from jdna.models import ModelRef, load_model
+from jdna.progress import Reporter
+from jdna.prunable import PrunableMatrix, prunable_matrices
+from jdna.quantization.accounting import (
+    DENSE_BITS,
+    aggregate_bits_per_weight,
+    compression_ratio,
+    lowrank_bits_per_weight,
+    quantized_bits_per_weight,
+)
+from jdna.quantization.appliers import decode_quantized, reconstruct_lowrank
+from jdna.quantization.gptq import gptq_quantize
+from jdna.quantization.lowrank import low_rank
+from jdna.quantization.packing import pack_codes
+from jdna.quantization.rtn import QuantizedMatrix, quantize_rtn
+from jdna.quantization.spec import GRANULARITIES, MAX_BITS, MIN_BITS, QuantSpec
+
+QUANT_METHODS = ("rtn", "gptq")
+# Scales and factors are stored as float16, the reference precision of the compression axis, so the
+# accounting's 16 bits per stored value is what the file really holds.
+STORED_FLOAT = torch.float16
+_FLOAT16_MAX = torch.finfo(torch.float16).max
+
+
+# --- quantize: configuration ---------------------------------------------------------------------------
+
+
+@dataclass
+class QuantizeConfig:
+    """What the user asked for; :func:`plan_quantize` validates it and resolves defaults."""
+
+    bits: int | None = None
+    method: str = "rtn"
+    granularity: str = "channel"
+    group_size: int = 128
+    symmetric: bool = True
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    calib: str | None = None
+    calib_samples: int = 128
+    calib_seqlen: int = 512
+    seed: int = 0
+    block_size: int = 128
+    damp: float = 0.01
+    act_order: bool = False
+
+
+@dataclass
+class QuantizePlan:
+    """A validated configuration."""
+
+    method: str
+    spec: QuantSpec
+    config: QuantizeConfig
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.method == "gptq"
+
+    def params(self) -> dict[str, Any]:
+        """The parameters that define the result (what the content address is computed from)."""
+        c = self.config
+        params: dict[str, Any] = {
+            "method": self.method,
+            "bits": self.spec.bits,
+            "granularity": self.spec.granularity,
+            "symmetric": self.spec.symmetric,
+            "include": list(c.include),
+            "exclude": list(c.exclude),
+        }
+        if self.spec.granularity == "group":
+            params["group_size"] = self.spec.group_size
+        if self.needs_calibration:
+            params.update(
+                seed=c.seed,
+                calib_samples=c.calib_samples,
+                calib_seqlen=c.calib_seqlen,
+                calib="c4" if c.calib in (None, "c4") else {"sha256": sha256_file(Path(c.calib).expanduser())},
+                block_size=c.block_size,
+                damp=c.damp,
+                act_order=c.act_order,
+            )
+        return params
+
+
+def _check_calibration_flags(calib: str | None, samples: int, seqlen: int) -> None:
+    if samples < 1:
+        raise JdnaError("--calib-samples must be at least 1")
+    if seqlen < 2:
+        raise JdnaError("--calib-seqlen must be at least 2")
+    if calib not in (None, "c4") and not Path(calib).expanduser().is_file():
+        raise JdnaError(f"calibration file '{calib}' does not exist: pass --calib with a .txt or .jsonl file")
+
+
+def plan_quantize(config: QuantizeConfig) -> QuantizePlan:
+    """Validate a configuration before any model is loaded; raises JdnaError (exit 2) on bad input.
+
+    Whether ``--group-size`` divides every matrix's input width can only be checked once the model's
+    shapes are known: :func:`quantize_model` does it before quantizing anything.
+    """
+    if config.method not in QUANT_METHODS:
+        raise unknown_name_error("method", config.method, QUANT_METHODS)
+    if config.bits is None:
+        raise JdnaError(f"--bits is required: a code width from {MIN_BITS} to {MAX_BITS}, e.g. --bits 4")
+    if isinstance(config.bits, bool) or not isinstance(config.bits, int) or not MIN_BITS <= config.bits <= MAX_BITS:
+        raise JdnaError(f"--bits must be a whole number from {MIN_BITS} to {MAX_BITS}, got {config.bits}")
+    if config.granularity not in GRANULARITIES:
+        raise unknown_name_error("granularity", config.granularity, GRANULARITIES)
+    if config.group_size < 1:
+        raise JdnaError(f"--group-size must be a positive integer (e.g. 128), got {config.group_size}")
+    if config.method == "gptq":
+        _check_calibration_flags(config.calib, config.calib_samples, config.calib_seqlen)
+        if config.block_size < 1:
+            raise JdnaError("--block-size must be at least 1")
+        if not (math.isfinite(config.damp) and config.damp >= 0):
+            raise JdnaError(f"--damp must be a non-negative fraction (e.g. 0.01), got {config.damp}")
+    spec = QuantSpec(
+        bits=config.bits,
+        granularity=config.granularity,
+        group_size=config.group_size,
+        symmetric=config.symmetric,
+    )
+    return QuantizePlan(method=config.method, spec=spec, config=config)
+
+
+# --- quantize: the parent's masks ----------------------------------------------------------------------
+
+
+def inherited_masks(ref: ModelRef) -> dict[str, torch.Tensor]:
+    """Keep-masks the model `ref` names still obeys, keyed by canonical parameter name.
+
+    For each matrix the newest step that touched it decides: a step carrying a mask for it (pruned, or
+    quantized from a pruned parent) gives that mask; a step that rewrote it densely (lowrank, or a
+    quantization without mask) means no mask. :func:`quantize_model` also checks the weights really are
+    zero where the mask says pruned, so a step of an unknown kind cannot smuggle a stale mask in.
+    """
+    decided: dict[str, torch.Tensor | None] = {}
+    for artifact in reversed(ref.chain):
+        for name, keep in masks_of(artifact).items():
+            decided.setdefault(name, keep)
+        for name in artifact.header.get("quant", {}):
+            decided.setdefault(name, None)
+        for name in artifact.header.get("lowrank", {}):
+            decided.setdefault(name, None)
+    return {name: keep for name, keep in decided.items() if keep is not None}
+
+
+# --- quantize: the work --------------------------------------------------------------------------------
+
+
+@dataclass
+class StoredQuantized:
+    """One matrix as the artifact stores it, plus what it decodes to (float32)."""
+
+    entry: dict[str, Any]
+    codes: torch.Tensor
+    scales: torch.Tensor
+    zeros: torch.Tensor | None
+    mask: torch.Tensor | None
+    value: torch.Tensor
+
+
+@dataclass
+class QuantizeOutcome:
+    stored: dict[str, StoredQuantized]
+    errors: dict[str, tuple[float, float]]  # name → error_terms
+    calibration: dict[str, Any] | None = None
+    dropped_masks: list[str] = field(default_factory=list)
+
+
+def encode(name: str, quantized: QuantizedMatrix) -> StoredQuantized:
+    """Pack a QuantizedMatrix into what the artifact stores, and decode it back as a load will."""
+    spec = quantized.spec
+    scales = quantized.scales.detach().cpu()
+    if not bool(torch.isfinite(scales).all()) or float(scales.abs().max()) > _FLOAT16_MAX:
+        raise JdnaError(
+            f"'{name}' has weights too large for float16 scales (max scale {float(scales.abs().max()):.3g}); "
+            "--exclude it"
+        )
+    scales16 = scales.to(STORED_FLOAT).contiguous()
+    codes = pack_codes(quantized.codes.detach().cpu(), spec.bits)
+    zeros = None if spec.symmetric else pack_codes(quantized.zeros.detach().cpu().round().to(torch.uint8), spec.bits)
+    mask = None if quantized.mask is None else quantized.mask.detach().cpu()
+    entry = {
+        "shape": list(quantized.shape),
+        "bits": spec.bits,
+        "granularity": spec.granularity,
+        "group_size": spec.group_size,
+        "symmetric": spec.symmetric,
+    }
+    # The value decoded from the float16 scales, not the float32 ones the quantizer used, so that the
+    # statistics and the weights later calibration blocks see are exactly what loading reproduces.
+    value = decode_quantized(entry, codes, scales16, zeros, mask)
+    return StoredQuantized(entry=entry, codes=codes, scales=scales16, zeros=zeros, mask=mask, value=value)
+
+
+def error_terms(weight: torch.Tensor, approximation: torch.Tensor) -> tuple[float, float]:
+    """(‖W − Ŵ‖²_F, ‖W‖²_F), so per-matrix and whole-set relative errors come from the same sums."""
+    weight = weight.detach().to(torch.float64)
+    diff = weight - approximation.detach().to(torch.float64)
+    return float(diff.pow(2).sum()), float(weight.pow(2).sum())
+
+
+def relative_error(terms: tuple[float, float]) -> float:
+    """‖W − Ŵ‖_F / ‖W‖_F from summed error terms (the absolute error when ‖W‖ is 0)."""
+    diff_sq, norm_sq = terms
+    return math.sqrt(diff_sq / norm_sq) if norm_sq > 0 else math.sqrt(diff_sq)
+
+
+def _usable_mask(matrix: PrunableMatrix, keep: torch.Tensor | None) -> bool:
+    if keep is None or tuple(keep.shape) != tuple(matrix.param.shape):
+        return False
+    return bool((matrix.param.detach().cpu()[~keep] == 0).all())
+
+
+def check_matrices(model: nn.Module, plan: QuantizePlan) -> list[PrunableMatrix]:
+    """The matrices to quantize; JdnaError if a glob matches nothing or the group size does not divide one."""
+    matrices = prunable_matrices(model, plan.config.include, plan.config.exclude)
+    for matrix in matrices:
+        # Before any work: a group size that does not divide some matrix is bad input, not a crash midway.
+        plan.spec.validate_for(tuple(matrix.param.shape), f"'{matrix.name}'")
+    return matrices
+
+
+def quantize_model(
+    model: nn.Module,
+    tokenizer: Any,
+    plan: QuantizePlan,
+    reporter: Reporter | None = None,
+    masks: dict[str, torch.Tensor] | None = None,
+) -> QuantizeOutcome:
+    """Quantize `model`'s prunable matrices in place (their weights become the dequantized values).
+
+    `masks` (canonical name → bool keep-mask, e.g. from :func:`inherited_masks`) keep pruned weights at
+    exactly zero; a mask whose pruned positions hold nonzero weights is dropped (and listed).
+    """
+    reporter = reporter or Reporter()
+    config = plan.config
+    matrices = check_matrices(model, plan)
+    masks = masks or {}
+    keep_of: dict[str, torch.Tensor | None] = {}
+    dropped = []
+    for matrix in matrices:
+        keep = masks.get(matrix.name)
+        if keep is not None and not _usable_mask(matrix, keep):
+            dropped.append(matrix.name)
+            keep = None
+        keep_of[matrix.name] = keep
+    if dropped:
+        reporter.log(f"ignoring the parent's mask of {len(dropped)} matrices whose pruned weights are not zero")
+    carried = sum(1 for keep in keep_of.values() if keep is not None)
+    if carried:
+        reporter.log(f"keeping the parent's pruning masks of {carried} matrices (pruned weights stay 0)")
+
+    stored: dict[str, StoredQuantized] = {}
+    errors: dict[str, tuple[float, float]] = {}
+
+    def finish(matrix: PrunableMatrix, quantized: QuantizedMatrix, original: torch.Tensor) -> None:
+        item = encode(matrix.name, quantized)
+        stored[matrix.name] = item
+        errors[matrix.name] = error_terms(original, item.value)
+        matrix.param.data.copy_(item.value.to(device=matrix.param.device, dtype=matrix.param.dtype))
+
+    if plan.method == "rtn":
+        for done, matrix in enumerate(matrices, 1):
+            original = matrix.param.detach().cpu().to(torch.float32)
+            keep = keep_of[matrix.name]
+            finish(matrix, quantize_rtn(original, plan.spec, keep), original)
+            reporter.progress("quantizing matrices", done, len(matrices))
+        return QuantizeOutcome(stored=stored, errors=errors, dropped_masks=dropped)
+
+    for matrix in matrices:
+        if not matrix.is_linear or matrix.block is None:
+            raise JdnaError(
+                f"gptq needs input activations, but '{matrix.name}' is not a linear layer inside a "
+                "transformer block: --exclude it or use --method rtn"
+            )
+    text = read_calibration_text(config.calib)
+    calib = calibration_samples(text, tokenizer, model, config.calib_samples, config.calib_seqlen, config.seed)
+    if calib.seqlen < config.calib_seqlen:
+        reporter.log(
+            f"calibration windows are {calib.seqlen} tokens (asked {config.calib_seqlen}; capped by the "
+            "model context or the calibration text)"
+        )
+    calibration = {
+        "samples": int(calib.input_ids.shape[0]),
+        "seqlen": calib.seqlen,
+        "text_tokens": calib.total_tokens,
+    }
+    runner = LayerwiseRunner(model, calib.input_ids)
+    for index, block in runner.iter_blocks():
+        block_matrices = [m for m in matrices if m.block == index]
+        if block_matrices:
+            hessians = HessianAccumulator()
+            remove = collect_inputs({m.name: m.module for m in block_matrices}, hessians)
+            try:
+                runner.run(block, keep_outputs=False)
+            finally:
+                remove()
+            for matrix in block_matrices:
+                original = matrix.param.detach().to(torch.float32)
+                quantized = gptq_quantize(
+                    original,
+                    hessians.hessian(matrix.name),
+                    plan.spec,
+                    block_size=config.block_size,
+                    damp=config.damp,
+                    act_order=config.act_order,
+                    mask=None if keep_of[matrix.name] is None else keep_of[matrix.name].to(original.device),
+                )
+                finish(matrix, quantized, original.cpu())
+            hessians.clear()
+        # Rerun the block on its quantized weights: the next block calibrates on what the artifact loads.
+        runner.advance(runner.run(block, keep_outputs=True))
+        reporter.progress("quantizing blocks", index + 1, len(runner.blocks))
+    return QuantizeOutcome(stored=stored, errors=errors, calibration=calibration, dropped_masks=dropped)
+
+
+def quantize_statistics(
+    model: nn.Module, outcome: QuantizeOutcome, plan: QuantizePlan
+) -> dict[str, Any]:
+    """bits_per_weight (numel-weighted over the quantized set), sparsity kept from masks, errors."""
+    per_matrix = []
+    pairs = []
+    total = pruned = 0
+    for name, item in outcome.stored.items():
+        rows, cols = item.entry["shape"]
+        numel = rows * cols
+        spec = plan.spec
+        mask_bits = numel if item.mask is not None else 0
+        bits = quantized_bits_per_weight(
+            numel, spec.bits, spec.n_scale_groups((rows, cols)), spec.symmetric, DENSE_BITS, mask_bits
+        )
+        count = 0 if item.mask is None else int((~item.mask).sum())
+        per_matrix.append(
+            {
+                "name": name,
+                "shape": [rows, cols],
+                "numel": numel,
+                "pruned": count,
+                "sparsity": count / numel,
+                "bits_per_weight": bits,
+                "error": relative_error(outcome.errors[name]),
+            }
+        )
+        pairs.append((numel, bits))
+        total += numel
+        pruned += count
+    bits_per_weight = aggregate_bits_per_weight(pairs)
+    all_params = sum(p.numel() for p in model.parameters())
+    return {
+        "bits_per_weight": bits_per_weight,
+        "compression_ratio": compression_ratio(bits_per_weight),
+        "sparsity": pruned / total,
+        "prunable_params": total,
+        "pruned_params": pruned,
+        "model_params": all_params,
+        "model_sparsity": pruned / all_params,
+        # Over the whole set: sqrt(Σ‖W−Ŵ‖² / Σ‖W‖²).
+        "relative_error": set_relative_error(outcome.errors.values()),
+        "matrices": per_matrix,
+    }
+
+
+def set_relative_error(terms: Any) -> float:
+    """sqrt(Σ‖W−Ŵ‖² / Σ‖W‖²) over (diff², norm²) pairs: the relative error of the whole compressed set."""
+    pairs = list(terms)
+    return relative_error((sum(d for d, _ in pairs), sum(n for _, n in pairs)))
+
+
+# --- shared: caching and writing -----------------------------------------------------------------------
+
+
+def _cached(path: Path, identity: str, output: Path | None, force: bool, reporter: Reporter) -> Artifact | None:
+    if not path.exists() or force:
+        return None
+    try:
+        existing = read_artifact(path)
+    except JdnaError:
+        existing = None
+    if existing is not None and existing.id == identity:
+        reporter.log(f"cache hit: {path}")
+        return existing
+    if output is None and existing is None:
+        reporter.log(f"replacing unreadable cached file {path}")
+    return None
+
+
+def _load_quietly(ref: ModelRef) -> tuple[nn.Module, Any]:
+    """load_model without transformers' own "Loading weights" bar, which would break the rule that bad
+    input (detected right after loading, e.g. a group size that does not divide) prints one stderr line.
+    """
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return load_model(ref)
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
+def record_of(artifact: Artifact, cached: bool) -> dict[str, Any]:
+    """The stdout record: prune's record plus the fields that identify a quantization or factorization."""
+    from jdna.pruning import artifact_record
+
+    record = artifact_record(artifact, cached)
+    params = artifact.header["operation"].get("params", {})
+    stats = artifact.header.get("stats", {})
+    for key in ("group_size", "symmetric", "energy"):
+        if key in params:
+            record[key] = params[key]
+    for key in ("relative_error", "mean_rank_ratio"):
+        if key in stats:
+            record[key] = stats[key]
+    return record
+
+
+def run_quantize(
+    ref: ModelRef,
+    config: QuantizeConfig,
+    output: Path | None = None,
+    reporter: Reporter | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Quantize the model `ref` names and write a quantized artifact; returns its record."""
+    reporter = reporter or Reporter()
+    plan = plan_quantize(config)
+    params = plan.params()
+    identity = artifact_id(ref.identity, "quantize", params)
+    path = Path(output) if output else default_output_path("quantized", identity)
+    existing = _cached(path, identity, output, force, reporter)
+    if existing is not None:
+        return record_of(existing, cached=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    model, tokenizer = _load_quietly(ref)
+    # Checked before the first log line, so bad input still fails with exactly one line on stderr.
+    check_matrices(model, plan)
+    spec = plan.spec
+    group = f", group {spec.group_size}" if spec.granularity == "group" else ""
+    reporter.log(
+        f"loaded {ref.display_name}; quantizing with {plan.method}: {spec.bits} bits, {spec.granularity}{group}, "
+        f"{'symmetric' if spec.symmetric else 'asymmetric'}"
+    )
+    outcome = quantize_model(model, tokenizer, plan, reporter, inherited_masks(ref))
+    stats = quantize_statistics(model, outcome, plan)
+    stats["seconds"] = round(time.perf_counter() - started, 3)
+    if outcome.calibration is not None:
+        stats["calibration"] = outcome.calibration
+    if outcome.dropped_masks:
+        stats["dropped_masks"] = outcome.dropped_masks
+    operation_params = dict(params)
+    if plan.needs_calibration and config.calib not in (None, "c4"):
+        operation_params["calib_path"] = str(config.calib)
+    tensors: dict[str, torch.Tensor] = {}
+    masks: dict[str, list[int]] = {}
+    for name, item in outcome.stored.items():
+        tensors[f"codes.{name}"] = item.codes
+        tensors[f"scales.{name}"] = item.scales
+        if item.zeros is not None:
+            tensors[f"zeros.{name}"] = item.zeros
+        if item.mask is not None:
+            tensors[f"mask.{name}"] = pack_mask(item.mask)
+            masks[name] = list(item.mask.shape)
+    header = {
+        "kind": "quantized",
+        "id": identity,
+        "base": ref.base.reference(),
+        "parent": parent_reference(ref.top) if ref.top else None,
+        "operation": {"name": "quantize", "params": operation_params},
+        "quant": {name: item.entry for name, item in outcome.stored.items()},
+        "masks": masks,
+        "stats": stats,
+    }
+    write_artifact(path, header, tensors)
+    return record_of(read_artifact(path), cached=False)
+
+
+# --- lowrank -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LowRankConfig:
+    """Exactly one of `rank_ratio` (rank = ratio · min(rows, cols)) and `energy` (spectral energy kept)."""
+
+    rank_ratio: float | None = None
+    energy: float | None = None
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+    def params(self) -> dict[str, Any]:
+        params: dict[str, Any] = {"method": "svd", "include": list(self.include), "exclude": list(self.exclude)}
+        if self.rank_ratio is not None:
+            params["rank_ratio"] = self.rank_ratio
+        else:
+            params["energy"] = self.energy
+        return params
+
+
+def _in_unit_interval(flag: str, value: float) -> None:
+    if not (0 < value <= 1) or math.isnan(value):
+        raise JdnaError(f"{flag} must be in (0, 1], got {value}")
+
+
+def plan_lowrank(config: LowRankConfig) -> LowRankConfig:
+    """Validate before any model is loaded; raises JdnaError (exit 2) on bad input."""
+    if config.rank_ratio is not None and config.energy is not None:
+        raise JdnaError("give one of --rank-ratio and --energy, not both")
+    if config.rank_ratio is None and config.energy is None:
+        raise JdnaError("give --rank-ratio R (fraction of full rank, e.g. 0.5) or --energy E (e.g. 0.9)")
+    if config.rank_ratio is not None:
+        _in_unit_interval("--rank-ratio", config.rank_ratio)
+    if config.energy is not None:
+        _in_unit_interval("--energy", config.energy)
+    return config
+
+
+@dataclass
+class StoredLowRank:
+    entry: dict[str, Any]
+    left: torch.Tensor
+    right: torch.Tensor
+    value: torch.Tensor
+    energy: float
+
+
+def lowrank_model(
+    model: nn.Module, config: LowRankConfig, reporter: Reporter | None = None
+) -> tuple[dict[str, StoredLowRank], dict[str, tuple[float, float]]]:
+    """Factorize each prunable matrix in place (weights become left @ right, from the float16 factors)."""
+    reporter = reporter or Reporter()
+    matrices = prunable_matrices(model, config.include, config.exclude)
+    stored: dict[str, StoredLowRank] = {}
+    errors: dict[str, tuple[float, float]] = {}
+    for done, matrix in enumerate(matrices, 1):
+        original = matrix.param.detach().cpu().to(torch.float32)
+        factors = low_rank(original, rank_ratio=config.rank_ratio, energy=config.energy)
+        left = factors.left.to(STORED_FLOAT).contiguous()
+        right = factors.right.to(STORED_FLOAT).contiguous()
+        if not (bool(torch.isfinite(left).all()) and bool(torch.isfinite(right).all())):
+            raise JdnaError(f"'{matrix.name}' has singular values too large for float16 factors: --exclude it")
+        value = reconstruct_lowrank(left, right)
+        rows, cols = original.shape
+        stored[matrix.name] = StoredLowRank(
+            entry={"shape": [rows, cols], "rank": factors.rank},
+            left=left,
+            right=right,
+            value=value,
+            energy=factors.energy(),
+        )
+        errors[matrix.name] = error_terms(original, value)
+        matrix.param.data.copy_(value.to(device=matrix.param.device, dtype=matrix.param.dtype))
+        reporter.progress("factorizing matrices", done, len(matrices))
+    return stored, errors
+
+
+def lowrank_statistics(
+    model: nn.Module, stored: dict[str, StoredLowRank], errors: dict[str, tuple[float, float]]
+) -> dict[str, Any]:
+    """bits_per_weight of the float16 factors (numel-weighted over the factorized set), ranks, errors."""
+    per_matrix = []
+    pairs = []
+    total = 0
+    ratios = []
+    for name, item in stored.items():
+        rows, cols = item.entry["shape"]
+        rank = item.entry["rank"]
+        numel = rows * cols
+        bits = lowrank_bits_per_weight(rows, cols, rank, DENSE_BITS)
+        per_matrix.append(
+            {
+                "name": name,
+                "shape": [rows, cols],
+                "numel": numel,
+                # A factorization is dense: nothing is pruned (a parent's zeros are not kept).
+                "pruned": 0,
+                "sparsity": 0.0,
+                "rank": rank,
+                "rank_ratio": rank / min(rows, cols),
+                "energy": item.energy,
+                "bits_per_weight": bits,
+                "error": relative_error(errors[name]),
+            }
+        )
+        pairs.append((numel, bits))
+        total += numel
+        ratios.append(rank / min(rows, cols))
+    bits_per_weight = aggregate_bits_per_weight(pairs)
+    return {
+        "bits_per_weight": bits_per_weight,
+        "compression_ratio": compression_ratio(bits_per_weight),
+        "sparsity": 0.0,
+        "prunable_params": total,
+        "pruned_params": 0,
+        "model_params": sum(p.numel() for p in model.parameters()),
+        "stored_values": sum(item.entry["rank"] * sum(item.entry["shape"]) for item in stored.values()),
+        "mean_rank_ratio": sum(ratios) / len(ratios),
+        "relative_error": set_relative_error(errors.values()),
+        "ranks": {name: item.entry["rank"] for name, item in stored.items()},
+        "matrices": per_matrix,
+    }
+
+
+def run_lowrank(
+    ref: ModelRef,
+    config: LowRankConfig,
+    output: Path | None = None,
+    reporter: Reporter | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Factorize the model `ref` names and write a lowrank artifact; returns its record."""
+    reporter = reporter or Reporter()
+    plan_lowrank(config)
+    params = config.params()
+    identity = artifact_id(ref.identity, "lowrank", params)
+    path = Path(output) if output else default_output_path("lowrank", identity)
+    existing = _cached(path, identity, output, force, reporter)
+    if existing is not None:
+        return record_of(existing, cached=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    model, _ = _load_quietly(ref)
+    prunable_matrices(model, config.include, config.exclude)  # bad globs fail before the first log line
+    how = f"rank ratio {config.rank_ratio:g}" if config.rank_ratio is not None else f"energy {config.energy:g}"
+    reporter.log(f"loaded {ref.display_name}; truncated SVD per matrix, {how}")
+    if any(masks_of(artifact) for artifact in ref.chain):
+        reporter.log("the factors are dense: a parent's pruning mask is not kept")
+    stored, errors = lowrank_model(model, config, reporter)
+    stats = lowrank_statistics(model, stored, errors)
+    stats["seconds"] = round(time.perf_counter() - started, 3)
+    tensors: dict[str, torch.Tensor] = {}
+    for name, item in stored.items():
+        tensors[f"left.{name}"] = item.left
+        tensors[f"right.{name}"] = item.right
+    header = {
+        "kind": "lowrank",
+        "id": identity,
+        "base": ref.base.reference(),
+        "parent": parent_reference(ref.top) if ref.top else None,
+        "operation": {"name": "lowrank", "params": params},
+        "lowrank": {name: item.entry for name, item in stored.items()},
+        "stats": stats,
+    }
+    write_artifact(path, header, tensors)
+    return record_of(read_artifact(path), cached=False)
