@@ -59,9 +59,13 @@ metric_list:
 """
 
 
-def build_questions(n: int, shots: int, style: str, seed: int) -> list[dict[str, Any]]:
-    """N seeded MMLU questions as (id, prompt, continuations, gold), K shots from the same subject."""
-    task = load_task("mmlu")
+def build_questions(n: int, shots: int, style: str, seed: int, subject: str | None = None) -> list[dict[str, Any]]:
+    """N seeded MMLU questions as (id, prompt, continuations, gold), K shots from the same subject.
+
+    Drawn from all 57 subjects (few questions share their demonstrations), or from one `subject` (all share
+    them, as in a full MMLU run where every question of a subject gets that subject's K shots).
+    """
+    task = load_task(f"mmlu:{subject}" if subject else "mmlu")
     if style == "text":
         fmt = dataclasses.replace(task.prompt_format, choice_listing="none", answer_style="text")
         task = dataclasses.replace(task, prompt_format=fmt)
@@ -133,6 +137,7 @@ def main() -> None:
     parser.add_argument("--shots", type=int, default=5)
     parser.add_argument("--style", nargs="+", default=["letters", "text"], choices=["letters", "text"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--subject", default=None, help="Draw every question from this MMLU subject.")
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--lm-eval", default=str(ROOT / ".bench-venv" / "bin" / "lm_eval"))
     parser.add_argument("--lmeval-batch", type=int, default=8)
@@ -152,8 +157,8 @@ def main() -> None:
         subprocess.run([jdna, "export", args.model, "-o", str(model_dir)], check=True, stdout=subprocess.DEVNULL)
     results = []
     for style in args.style:
-        name = f"jdna_bench_mmlu_{style}_{args.shots}shot_{args.n}"
-        questions = build_questions(args.n, args.shots, style, args.seed)
+        name = f"jdna_bench_mmlu{'_' + args.subject if args.subject else ''}_{style}_{args.shots}shot_{args.n}"
+        questions = build_questions(args.n, args.shots, style, args.seed, args.subject)
         lm_dir, jdna_file = write_tasks(questions, work, name)
         n_options = sum(len(q["continuations"]) for q in questions)
 
@@ -190,6 +195,7 @@ def main() -> None:
         lm_scoring = lm_wall - overhead if overhead is not None else None
         result = {
             "style": style,
+            "subject": args.subject or "all",
             "threads": args.threads,
             "questions": n,
             "options": n_options,
@@ -212,7 +218,9 @@ def main() -> None:
         }
         results.append(result)
         print(json.dumps(result), flush=True)
-    (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (work / f"results{'_' + args.subject if args.subject else ''}.json").write_text(
+        json.dumps(results, indent=2) + "\n"
+    )
 
 
 if __name__ == "__main__":
