@@ -212,8 +212,9 @@ lmc: $(R)/lmc/figure.png
 study: setting1 setting2 setting3 setting4 setting5 setting6 quantization transfer lmc methods
 
 # The demo: a reduced but real study on CPU with the embedded models and offline data.
-DEMO := R=results/demo SPARSITIES="0.3 0.5 0.7 0.9" LIMIT=60 S1_TRAIN="200 400 800" S1_FLAGS="--epochs 2 --eval-limit 300" \
-	S2_OPTIONS="2 3 5" Q_BITS="8 4 3" Q_RANKS="0.5 0.25"
+DEMO := R=results/demo SPARSITIES="0.3 0.5 0.7 0.9" \
+	S1_TRAIN="64 128 256" S1_FLAGS="--epochs 1 --lr 1e-4 --max-length 64 --eval-limit 200" \
+	S2_TASK=bigbench:general_knowledge S2_OPTIONS="2 3 4" LIMIT=56 Q_OPTIONS=4 Q_BITS="8 4 3" Q_RANKS="0.5 0.25"
 demo: install data
 	$(MAKE) --no-print-directory $(DEMO) setting1 setting2 quantization
 	@echo; echo "== demo results (tables: results/demo/*/table.txt, figures: results/demo/*/figure.png) =="

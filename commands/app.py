@@ -46,13 +46,20 @@ app.command("tasks")(tasks_cmd.tasks)
 app.command("lmc")(lmc.lmc)
 
 
-@app.callback()
-def _root(
-    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
-) -> None:
-    if version:
+def _print_version(value: bool) -> None:
+    # Eager: runs while options are parsed, before click insists on a subcommand ("Missing command").
+    if value:
         typer.echo(f"jdna {__version__}")
         raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", help="Print the version and exit.", callback=_print_version, is_eager=True
+    ),
+) -> None:
+    pass
 
 
 def _subcommand(argv: list[str]) -> str:
@@ -78,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     except JdnaError as error:
         if debug:
             traceback.print_exc()
-        sys.stderr.write(f"{prefix}: error: {error}\n")
+        message = " ".join(str(error).splitlines())  # one line, whatever a path or value in it holds
+        sys.stderr.write(f"{prefix}: error: {message}\n")
         code = 2
     except _EXIT as exit_:
         code = exit_.exit_code
@@ -86,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         message = " ".join(error.format_message().split())
-        sys.stderr.write(f"{prefix}: error: {message} (see 'jdna {name} --help')\n")
+        if message:  # empty when click has just printed the help (no arguments at all)
+            sys.stderr.write(f"{prefix}: error: {message} (see '{prefix} --help')\n")
         code = error.exit_code if error.exit_code else 2
     except (KeyboardInterrupt, *_ABORT):
         sys.stderr.write(f"{prefix}: interrupted\n")
@@ -96,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # a bug: say so in one line unless debugging
         if debug:
             traceback.print_exc()
-        sys.stderr.write(f"{prefix}: internal error: {type(error).__name__}: {error} (rerun with --debug)\n")
+        message = " ".join(str(error).splitlines())
+        sys.stderr.write(f"{prefix}: internal error: {type(error).__name__}: {message} (rerun with --debug)\n")
         code = 1
     sys.stdout.flush()
     if argv is None:

@@ -74,7 +74,7 @@ def model_from_stdin(model: str | None) -> str:
                 "quantize, lowrank or finetune"
             )
         raise JdnaError("stdin holds a JSON record without a model artifact 'path'")
-    if Path(last).expanduser().exists():
+    if Path(os.path.expanduser(last)).exists():
         return last
     raise JdnaError(f"stdin is neither a jdna record nor an existing path: {last[:80]!r}")
 
@@ -88,13 +88,15 @@ def emit(record: dict[str, Any]) -> None:
 def output_path(output: str | None) -> Path | None:
     if output is None:
         return None
-    path = Path(output).expanduser()
+    path = Path(os.path.expanduser(output))  # a ~user that does not exist stays as written
     if path.is_dir():
         raise JdnaError(f"-o '{output}' is a directory: give a file path ending in .safetensors")
     if not path.parent.exists():
         raise JdnaError(
             f"output directory '{path.parent}' does not exist: create it or choose another -o path"
         )
+    if not path.parent.is_dir():
+        raise JdnaError(f"output directory '{path.parent}' is not a directory: choose another -o path")
     if not os.access(path.parent, os.W_OK):
         raise JdnaError(f"output directory '{path.parent}' is not writable: choose another -o path")
     return path

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -13,7 +12,7 @@ from jdna.analysis import BaselineTable, analyse, load_records, parse_axis
 from jdna.commands.common import console, emit
 from jdna.errors import JdnaError
 from jdna.io import canonical_json, sha256_text, write_json_atomic
-from jdna.paths import runs_dir
+from jdna.paths import expand, runs_dir
 
 
 def _ci(stat: dict[str, Any]) -> str:
@@ -98,7 +97,7 @@ def difficulty(
     """
     axes = [parse_axis(a) for a in axis] if axis else None
     table_ = BaselineTable.load(baselines)
-    out = Path(output).expanduser() if output else None
+    out = expand(output) if output else None
     if out is not None and out.is_dir():
         raise JdnaError(f"-o '{output}' is a directory: give a file path ending in .json")
     loaded = load_records(records or [], stdin=sys.stdin, kinds=("eval",))

@@ -11,12 +11,13 @@ from jdna.commands.common import CliReporter, emit, model_from_stdin
 from jdna.errors import JdnaError
 from jdna.evaluation import EvalConfig, prepare, run_eval, summary, validate
 from jdna.models import resolve
+from jdna.paths import expand
 
 
 def _record_path(output: str | None) -> Path | None:
     if output is None:
         return None
-    path = Path(output).expanduser()
+    path = expand(output)
     if path.is_dir():
         raise JdnaError(f"-o '{output}' is a directory: give a file path ending in .json")
     if not path.parent.is_dir():
@@ -97,7 +98,7 @@ def eval_command(
         max_new_tokens=max_new_tokens,
         transfer_mode=transfer_mode,
         as_kind=as_kind,
-        log_samples=Path(log_samples).expanduser() if log_samples else None,
+        log_samples=expand(log_samples) if log_samples else None,
     )
     validate(config)  # flags first: nothing is read or loaded for a bad flag
     out = _record_path(output)

@@ -12,6 +12,7 @@ import typer
 from jdna.commands.common import CliReporter, emit, model_from_stdin
 from jdna.errors import JdnaError
 from jdna.models import load_model, resolve
+from jdna.paths import expand
 
 
 def export(
@@ -27,7 +28,7 @@ def export(
     """Materialise a model (base + artifact chain) as a plain HF directory usable by any transformers tool."""
     if not output:
         raise JdnaError("export needs -o DIR (a directory that does not exist yet)")
-    target = Path(output).expanduser()
+    target = expand(output)
     if target.exists():
         raise JdnaError(f"'{target}' already exists: choose a new directory for -o")
     if not target.parent.is_dir():

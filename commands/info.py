@@ -8,7 +8,8 @@ import typer
 from tabulate import tabulate
 
 from jdna.commands.common import console, emit, model_from_stdin
-from jdna.models import resolve
+from jdna.errors import JdnaError
+from jdna.models import ModelRef, resolve
 from jdna.pruning import artifact_record
 
 
@@ -32,6 +33,45 @@ def _matrix_table(stats: dict[str, Any]) -> str:
         tablefmt="simple",
         disable_numparse=True,
     )
+
+
+def _describe(ref: ModelRef, matrices: bool) -> tuple[list[str], dict[str, Any]]:
+    """The tables info prints (lineage, parameters, matrices, statistics) and its record."""
+    artifact = ref.top
+    assert artifact is not None
+    header = artifact.header
+    shown: list[str] = []
+    stats = header.get("stats", {})
+    op = header["operation"]
+    shown.append(f"[bold]{artifact.path}[/bold]  kind={artifact.kind}  id={artifact.id[:20]}")
+    lineage = [
+        [
+            step["kind"],
+            step.get("operation") or step.get("name"),
+            step.get("method") or "",
+            "" if step.get("sparsity") is None else f"{step['sparsity']:.4f}",
+            "" if step.get("bits_per_weight") is None else f"{step['bits_per_weight']:.3f}",
+        ]
+        for step in ref.lineage()
+    ]
+    shown.append(tabulate(lineage, headers=["lineage", "op / name", "method", "sparsity", "bits/weight"]))
+    shown.append(tabulate([[k, v] for k, v in op.get("params", {}).items()], headers=["parameter", "value"]))
+    if matrices and stats.get("matrices"):
+        shown.append(_matrix_table(stats))
+    summary = {k: v for k, v in stats.items() if k not in ("matrices",)}
+    shown.append(
+        tabulate(
+            [[k, v] for k, v in summary.items() if not isinstance(v, dict)],
+            headers=["statistic", "value"],
+            disable_numparse=True,
+        )
+    )
+    record = artifact_record(artifact, cached=True)
+    record.pop("cached", None)
+    record["lineage"] = ref.lineage()
+    record["params"] = op.get("params", {})
+    record["per_matrix_sparsity"] = {m["name"]: m["sparsity"] for m in stats.get("matrices", [])}
+    return shown, record
 
 
 def info(
@@ -73,37 +113,14 @@ def info(
         from jdna.artifact import read_artifact
 
         read_artifact(artifact.path, verify=True)
-    header = artifact.header
-    stats = header.get("stats", {})
-    op = header["operation"]
-    console.print(f"[bold]{artifact.path}[/bold]  kind={artifact.kind}  id={artifact.id[:20]}")
-    lineage = [
-        [
-            step["kind"],
-            step.get("operation") or step.get("name"),
-            step.get("method") or "",
-            "" if step.get("sparsity") is None else f"{step['sparsity']:.4f}",
-            "" if step.get("bits_per_weight") is None else f"{step['bits_per_weight']:.3f}",
-        ]
-        for step in ref.lineage()
-    ]
-    console.print(tabulate(lineage, headers=["lineage", "op / name", "method", "sparsity", "bits/weight"]))
-    console.print(tabulate([[k, v] for k, v in op.get("params", {}).items()], headers=["parameter", "value"]))
-    if matrices and stats.get("matrices"):
-        console.print(_matrix_table(stats))
-    summary = {k: v for k, v in stats.items() if k not in ("matrices",)}
-    console.print(
-        tabulate(
-            [[k, v] for k, v in summary.items() if not isinstance(v, dict)],
-            headers=["statistic", "value"],
-            disable_numparse=True,
-        )
-    )
-    record = artifact_record(artifact, cached=True)
-    record.pop("cached", None)
-    record["lineage"] = ref.lineage()
-    record["params"] = op.get("params", {})
-    record["per_matrix_sparsity"] = {m["name"]: m["sparsity"] for m in stats.get("matrices", [])}
+    try:  # everything shown comes from the header: build it all before printing any of it
+        shown, record = _describe(ref, matrices)
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise JdnaError(
+            f"'{artifact.path}' has a malformed jdna header ({type(error).__name__}: {error}): recreate it"
+        ) from None
+    for text in shown:
+        console.print(text)
     if verify:
         record["verified"] = True
     emit(record)

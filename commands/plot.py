@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -12,6 +11,7 @@ from jdna.analysis import BaselineTable, load_records, parse_axis
 from jdna.analysis.plots import KIND_NAMES, analysis_of, auto_kind, build_chart, kind_number, render, text_chart
 from jdna.commands.common import console, emit
 from jdna.errors import JdnaError
+from jdna.paths import expand
 
 FORMATS = ("png", "svg", "pdf")
 
@@ -50,7 +50,7 @@ def plot(
     Labels and legends come from the records; colours are the colour-blind-safe Okabe–Ito palette.
     """
     number = None if kind == "auto" else kind_number(kind)
-    out = Path(output).expanduser() if output else None
+    out = expand(output) if output else None
     if out is not None:
         suffix = out.suffix.lower().lstrip(".")
         if suffix not in FORMATS:

@@ -153,6 +153,17 @@ def read_artifact(path: Path, verify: bool = False) -> Artifact:
     for key in ("kind", "id", "base", "operation"):
         if key not in header:
             raise JdnaError(f"'{path}' has an incomplete jdna header (missing '{key}')")
+    expected = {"kind": str, "id": str, "base": dict, "operation": dict, "parent": (dict, type(None)),
+                "stats": dict}
+    for key, types in expected.items():
+        if key in header and not isinstance(header[key], types):
+            raise JdnaError(f"'{path}' has a malformed jdna header ('{key}' has the wrong type): recreate it")
+    references = {"base": header["base"], "parent": header.get("parent") or {}}
+    for key, reference in references.items():
+        fields = ("name", "path", "source", "sha256") if key == "base" else ("path", "file", "id", "sha256")
+        missing_name = key == "base" and "name" not in reference
+        if missing_name or not all(isinstance(reference.get(f, ""), str) for f in fields):
+            raise JdnaError(f"'{path}' has a malformed jdna header ('{key}' reference): recreate it")
     with safe_open(str(path), framework="pt") as handle:
         names = list(handle.keys())
     artifact = Artifact(path=path, header=header, tensor_names=names)

@@ -13,13 +13,13 @@ import json
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from jdna.errors import JdnaError
+from jdna.paths import expand
 from jdna.prunable import find_blocks
 
 _SANE_MAX_LENGTH = 1_000_000
@@ -29,7 +29,7 @@ def read_calibration_text(spec: str | None) -> str:
     """Text from a .txt file, or the "text" fields of a .jsonl file; None means C4 from the hub."""
     if spec is None or spec == "c4":
         return _c4_text()
-    path = Path(spec).expanduser()
+    path = expand(spec)
     if not path.is_file():
         raise JdnaError(f"calibration file '{spec}' does not exist: pass --calib with a .txt or .jsonl file")
     raw = path.read_text(errors="replace")

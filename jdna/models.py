@@ -177,7 +177,7 @@ def _looks_like_path(spec: str) -> bool:
 
 def resolve_base(name: str, allow_pickle: bool = False) -> BaseModel:
     """Resolve a non-artifact model name: local directory, demo name, or hub id."""
-    path = Path(name).expanduser()
+    path = Path(os.path.expanduser(name))  # unlike Path.expanduser, never raises
     if path.is_dir():
         return _base_from_dir(str(path), "local", path, allow_pickle)
     if name in DEMO_MODELS:
@@ -210,7 +210,7 @@ def resolve(spec: str, allow_pickle: bool = False) -> ModelRef:
     """Resolve any MODEL argument into a base model and an artifact chain."""
     if not spec:
         raise JdnaError("no model given: pass a MODEL (path, HF id or demo name) or pipe a jdna record")
-    path = Path(spec).expanduser()
+    path = Path(os.path.expanduser(spec))
     if path.is_file():
         artifact = read_artifact(path)
         chain = artifact_chain(artifact)

@@ -14,3 +14,8 @@ def jdna_home() -> Path:
 def runs_dir() -> Path:
     """$JDNA_RUNS, default ./runs: the content-addressed store that makes re-running a step free."""
     return Path(os.environ.get("JDNA_RUNS", "runs")).expanduser()
+
+
+def expand(path: str | os.PathLike[str]) -> Path:
+    """`~` expansion that never raises: an unknown `~user` stays literal and fails later as a missing path."""
+    return Path(os.path.expanduser(os.fspath(path)))

@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 
 from jdna.errors import JdnaError
+from jdna.paths import expand
 
 # Metrics whose values jdna reports in [-1, 1] / [0, 1]; a human score above 1 is a percentage typed in.
 _BOUNDED = {"acc", "acc_norm", "accuracy", "f1", "matthews", "pearson", "spearman", "exact_match", "token_f1"}
@@ -99,7 +100,7 @@ def shipped_baselines() -> list[Baseline]:
 def read_baselines(path: str | Path) -> list[Baseline]:
     """A user table: .csv with columns task,metric,human[,citation,note], or .json (list of rows, or
     {task: {metric: score}})."""
-    file = Path(path).expanduser()
+    file = expand(path)
     try:
         text = file.read_text()
     except OSError as error:

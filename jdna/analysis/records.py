@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import json
 import math
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,7 +84,10 @@ def transfer_mode(record: Record) -> str | None:
 
 
 def _where(record: Record) -> str:
-    return str(record.get("_source") or record.get("path") or "<stdin>")
+    for key in ("_source", "path"):
+        if isinstance(record.get(key), str) and record[key]:
+            return record[key]
+    return "<stdin>"
 
 
 def validate(record: Record) -> Record:
@@ -97,6 +101,11 @@ def validate(record: Record) -> Record:
         if not isinstance(record.get("knobs", {}), dict):
             raise JdnaError(f"eval record {where}: 'knobs' must be an object")
         metric = record["primary_metric"]
+        if not isinstance(metric, str) or not isinstance(record["task"], str):
+            raise JdnaError(f"eval record {where}: 'task' and 'primary_metric' must be names (strings)")
+        model = record.get("model")
+        if model is not None and not (isinstance(model, dict) and isinstance(model.get("compression") or {}, dict)):
+            raise JdnaError(f"eval record {where}: 'model' and its 'compression' must be objects")
         entry = record["metrics"].get(metric) if isinstance(record["metrics"], dict) else None
         if not isinstance(entry, dict) or not isinstance(entry.get("value"), int | float):
             raise JdnaError(f"eval record {where} has no value for its primary metric '{metric}'")
@@ -148,8 +157,8 @@ def _expand_summary(record: Record) -> Record:
     if record.get("kind") != "eval" or "per_item" in record:
         return record
     path = record.get("path")
-    if isinstance(path, str) and path.endswith(".json") and Path(path).expanduser().is_file():
-        full = _read_json_file(Path(path).expanduser())
+    if isinstance(path, str) and path.endswith(".json") and Path(os.path.expanduser(path)).is_file():
+        full = _read_json_file(Path(os.path.expanduser(path)))
         if len(full) == 1 and full[0].get("kind") == record.get("kind"):
             return full[0]
     return record
@@ -158,12 +167,12 @@ def _expand_summary(record: Record) -> Record:
 def _paths_for(source: str) -> tuple[list[Path], bool]:
     """Files named by a source, and whether it was a directory or glob (whose stray files are skipped)."""
     if any(ch in _GLOB_CHARS for ch in source):
-        matches = sorted(Path(p) for p in glob.glob(str(Path(source).expanduser()), recursive=True))
+        matches = sorted(Path(p) for p in glob.glob(os.path.expanduser(source), recursive=True))
         files = [p for p in matches if p.is_file() and p.suffix in (".json", ".jsonl")]
         if not files:
             raise JdnaError(f"'{source}' matches no .json/.jsonl files")
         return files, True
-    path = Path(source).expanduser()
+    path = Path(os.path.expanduser(source))
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".json", ".jsonl"))
         if not files:
@@ -224,7 +233,7 @@ def load_records(
     for record, lenient in gathered:
         if record.get("kind") == "finetuned" and "eval" in wanted and isinstance(record.get("eval_record"), str):
             # A finetune line stands for the validation result it wrote, so finetune pipes feed analyses.
-            evaluated = Path(record["eval_record"]).expanduser()
+            evaluated = Path(os.path.expanduser(record["eval_record"]))
             if evaluated.is_file():
                 record = _read_json_file(evaluated)[0]
         kind = record.get("kind")

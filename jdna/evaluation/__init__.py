@@ -35,7 +35,7 @@ from jdna.evaluation.base import (
 )
 from jdna.io import write_json_atomic, write_text_atomic
 from jdna.models import ModelRef, default_device
-from jdna.paths import runs_dir
+from jdna.paths import expand, runs_dir
 from jdna.progress import Reporter
 from jdna.tasks import Task, load_task, parse_spec, restrict_options
 from jdna.tasks.base import hash_rank
@@ -56,7 +56,7 @@ def validate(config: EvalConfig) -> None:
     if not config.task or not config.task.strip():
         raise JdnaError("no task given: pass --task NAME (see 'jdna tasks')")
     source, name, _ = parse_spec(config.task)  # unknown names fail here with the nearest valid one
-    if source == "file" and not Path(name).expanduser().is_file():
+    if source == "file" and not expand(name).is_file():
         raise JdnaError(f"task file {name} not found: pass file:PATH with the path of a .jsonl task file")
     if config.shots < 0:
         raise JdnaError(f"--shots {config.shots} is negative: use 0 or more")
@@ -81,7 +81,7 @@ def validate(config: EvalConfig) -> None:
     if config.transfer_mode is not None and config.transfer_mode not in TRANSFER_MODES:
         raise unknown_name_error("transfer mode", config.transfer_mode, TRANSFER_MODES)
     if config.log_samples is not None:
-        parent = Path(config.log_samples).expanduser().parent
+        parent = expand(config.log_samples).parent
         if not parent.is_dir():
             raise JdnaError(f"--log-samples directory '{parent}' does not exist: create it or choose another path")
 
@@ -195,7 +195,7 @@ def _device_and_dtype() -> tuple[torch.device, torch.dtype]:
 
 def _write_samples(path: Path, outcome: Outcome, record: dict[str, Any]) -> None:
     lines = [json.dumps({"task": record["task"], "eval_id": record["id"], **sample}) for sample in outcome.samples]
-    write_text_atomic(Path(path).expanduser(), "\n".join(lines) + ("\n" if lines else ""))
+    write_text_atomic(expand(path), "\n".join(lines) + ("\n" if lines else ""))
 
 
 def run_eval(

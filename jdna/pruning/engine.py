@@ -6,7 +6,6 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,6 +21,7 @@ from jdna.calibration import (
 )
 from jdna.errors import JdnaError, unknown_name_error
 from jdna.io import sha256_file
+from jdna.paths import expand
 from jdna.progress import Reporter
 from jdna.prunable import PrunableMatrix, prunable_matrices
 from jdna.pruning.base import METHODS, SCOPES, ReconstructionMethod, ScoreContext, ScoreMethod
@@ -131,7 +131,7 @@ def plan_prune(config: PruneConfig) -> PrunePlan:
             raise JdnaError("--calib-samples must be at least 1")
         if config.calib_seqlen < 2:
             raise JdnaError("--calib-seqlen must be at least 2")
-        if config.calib not in (None, "c4") and not Path(config.calib).expanduser().is_file():
+        if config.calib not in (None, "c4") and not expand(config.calib).is_file():
             raise JdnaError(
                 f"calibration file '{config.calib}' does not exist: pass --calib with a .txt or .jsonl file"
             )

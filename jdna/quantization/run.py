@@ -41,6 +41,7 @@ from jdna.calibration import (
 from jdna.errors import JdnaError, unknown_name_error
 from jdna.io import sha256_file
 from jdna.models import ModelRef, load_model
+from jdna.paths import expand
 from jdna.progress import Reporter
 from jdna.prunable import PrunableMatrix, prunable_matrices
 from jdna.quantization.accounting import (
@@ -117,7 +118,7 @@ class QuantizePlan:
                 seed=c.seed,
                 calib_samples=c.calib_samples,
                 calib_seqlen=c.calib_seqlen,
-                calib="c4" if c.calib in (None, "c4") else {"sha256": sha256_file(Path(c.calib).expanduser())},
+                calib="c4" if c.calib in (None, "c4") else {"sha256": sha256_file(expand(c.calib))},
                 block_size=c.block_size,
                 damp=c.damp,
                 act_order=c.act_order,
@@ -130,7 +131,7 @@ def _check_calibration_flags(calib: str | None, samples: int, seqlen: int) -> No
         raise JdnaError("--calib-samples must be at least 1")
     if seqlen < 2:
         raise JdnaError("--calib-seqlen must be at least 2")
-    if calib not in (None, "c4") and not Path(calib).expanduser().is_file():
+    if calib not in (None, "c4") and not expand(calib).is_file():
         raise JdnaError(f"calibration file '{calib}' does not exist: pass --calib with a .txt or .jsonl file")
 
 

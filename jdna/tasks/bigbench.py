@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from jdna.errors import JdnaError, unknown_name_error
-from jdna.paths import jdna_home
+from jdna.paths import expand, jdna_home
 from jdna.tasks.base import (
     DEFAULT_METRICS,
     DEFAULT_TRAIN_FRACTION,
@@ -53,7 +53,7 @@ def bigbench_root() -> Path:
     """The benchmark_tasks directory: $JDNA_BIGBENCH, default $JDNA_HOME/bigbench/benchmark_tasks."""
     override = os.environ.get("JDNA_BIGBENCH")
     if override:
-        return Path(override).expanduser()
+        return expand(override)
     return jdna_home() / "bigbench" / "benchmark_tasks"
 
 

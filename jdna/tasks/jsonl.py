@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from jdna.errors import JdnaError, nearest
+from jdna.paths import expand
 from jdna.tasks.base import (
     DEFAULT_METRICS,
     DEFAULT_TRAIN_FRACTION,
@@ -241,7 +242,7 @@ def load_jsonl(
     split_seed: int = 0,
 ) -> Task:
     """Load a `file:PATH` task (see the module docstring for the schema)."""
-    file = Path(path).expanduser()
+    file = expand(path)
     if not file.is_file():
         raise JdnaError(f"task file {file} not found: pass file:PATH with the path of a .jsonl task file")
     rows = _Rows(file)
