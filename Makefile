@@ -25,9 +25,9 @@ R := results
 
 # Setting 1: training-data volume (fine-tuning a classifier with a growing training set).
 S1_MODEL ?= $(ENCODER)
-S1_TASK ?= bigbench:vitaminc_fact_verification
+S1_TASK ?= bigbench:multiemo/all_text_en
 S1_TRAIN ?= 250 500 1000 2000
-S1_FLAGS ?= --epochs 2 --eval-limit 500
+S1_FLAGS ?= --epochs 3 --lr 2e-4 --max-length 128 --eval-limit 500
 # Setting 2: number of answer options in multiple-choice QA.
 S2_MODEL ?= $(LM)
 S2_TASK ?= bigbench:abstract_narrative_understanding/4_distractors
@@ -50,7 +50,7 @@ S6_TASKS ?= bigbench:qa_wikidata bigbench:general_knowledge mmlu
 # Quantization contrast (Fig. 7) and low-rank (Fig. 11) at matched bits per weight.
 Q_MODEL ?= $(LM)
 Q_TASK ?= $(S2_TASK)
-Q_OPTIONS ?= 4
+Q_OPTIONS ?= $(S2_OPTIONS)
 Q_BITS ?= 8 4 3 2
 Q_RANKS ?= 0.75 0.5 0.25
 # Transfer settings (Figs 8–9) and linear mode connectivity (Fig. 10).
@@ -161,21 +161,24 @@ $(R)/setting6/records.jsonl: | install data
 
 $(R)/quantization/records.jsonl: | install data
 	@mkdir -p $(@D); : > $@.tmp
-	$(JDNA) eval $(Q_MODEL) --task $(Q_TASK) --options $(Q_OPTIONS) --limit $(LIMIT) >> $@.tmp
-	for s in $(SPARSITIES); do \
-	  $(JDNA) prune $(Q_MODEL) -s $$s --method $(METHOD) | $(JDNA) eval --task $(Q_TASK) --options $(Q_OPTIONS) --limit $(LIMIT) >> $@.tmp; done
-	for b in $(Q_BITS); do \
-	  $(JDNA) quantize $(Q_MODEL) --bits $$b --method rtn | $(JDNA) eval --task $(Q_TASK) --options $(Q_OPTIONS) --limit $(LIMIT) >> $@.tmp; done
-	for r in $(Q_RANKS); do \
-	  $(JDNA) lowrank $(Q_MODEL) --rank-ratio $$r | $(JDNA) eval --task $(Q_TASK) --options $(Q_OPTIONS) --limit $(LIMIT) >> $@.tmp; done
+	for o in $(Q_OPTIONS); do \
+	  $(JDNA) eval $(Q_MODEL) --task $(Q_TASK) --options $$o --limit $(LIMIT) >> $@.tmp; \
+	  for s in $(SPARSITIES); do \
+	    $(JDNA) prune $(Q_MODEL) -s $$s --method $(METHOD) | $(JDNA) eval --task $(Q_TASK) --options $$o --limit $(LIMIT) >> $@.tmp; done; \
+	  for b in $(Q_BITS); do \
+	    $(JDNA) quantize $(Q_MODEL) --bits $$b --method rtn | $(JDNA) eval --task $(Q_TASK) --options $$o --limit $(LIMIT) >> $@.tmp; done; \
+	  for r in $(Q_RANKS); do \
+	    $(JDNA) lowrank $(Q_MODEL) --rank-ratio $$r | $(JDNA) eval --task $(Q_TASK) --options $$o --limit $(LIMIT) >> $@.tmp; done; \
+	done
 	mv $@.tmp $@
 
 $(R)/methods/records.jsonl: $(CALIB) | install data
 	@mkdir -p $(@D); : > $@.tmp
-	$(JDNA) eval $(LM) --task $(Q_TASK) --options $(Q_OPTIONS) --limit $(LIMIT) >> $@.tmp
-	for m in $(METHODS); do for s in $(SPARSITIES); do \
-	  $(JDNA) prune $(LM) -s $$s --method $$m $(CALIB_FLAGS) | $(JDNA) eval --task $(Q_TASK) --options $(Q_OPTIONS) --limit $(LIMIT) >> $@.tmp; \
-	done; done
+	for o in $(Q_OPTIONS); do \
+	  $(JDNA) eval $(LM) --task $(Q_TASK) --options $$o --limit $(LIMIT) >> $@.tmp; \
+	  for m in $(METHODS); do for s in $(SPARSITIES); do \
+	    $(JDNA) prune $(LM) -s $$s --method $$m $(CALIB_FLAGS) | $(JDNA) eval --task $(Q_TASK) --options $$o --limit $(LIMIT) >> $@.tmp; \
+	  done; done; done
 	mv $@.tmp $@
 
 $(R)/transfer/records.jsonl: | install data
@@ -213,8 +216,8 @@ study: setting1 setting2 setting3 setting4 setting5 setting6 quantization transf
 
 # The demo: a reduced but real study on CPU with the embedded models and offline data.
 DEMO := R=results/demo SPARSITIES="0.3 0.5 0.7 0.9" \
-	S1_TRAIN="64 128 256" S1_FLAGS="--epochs 1 --lr 1e-4 --max-length 64 --eval-limit 200" \
-	S2_TASK=bigbench:general_knowledge S2_OPTIONS="2 3 4" LIMIT=56 Q_OPTIONS=4 Q_BITS="8 4 3" Q_RANKS="0.5 0.25"
+	S1_TRAIN="64 128 256" S1_FLAGS="--epochs 3 --lr 2e-4 --max-length 64 --eval-limit 200" \
+	S2_TASK=bigbench:general_knowledge S2_OPTIONS="2 3 4" LIMIT=56 Q_BITS="8 4 3" Q_RANKS="0.5 0.25"
 demo: install data
 	$(MAKE) --no-print-directory $(DEMO) setting1 setting2 quantization
 	@echo; echo "== demo results (tables: results/demo/*/table.txt, figures: results/demo/*/figure.png) =="

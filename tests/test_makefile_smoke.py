@@ -1,0 +1,52 @@
+"""A miniature study through the real Makefile: tiny model, hand-made task, ≥ 3 difficulty levels."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
+def test_setting2_and_quantization_targets_end_to_end(tiny_llama: Path, tmp_path: Path) -> None:
+    task = tmp_path / "mc.jsonl"
+    rows = [
+        {"question": f"the {w} is", "choices": ["red", "blue", "green", "cat", "dog"], "gold": i % 5}
+        for i, w in enumerate(["cat", "dog", "river", "king", "queen", "city", "game", "story"])
+    ]
+    task.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    stamp = tmp_path / "bigbench-present"
+    stamp.write_text("")
+    results = tmp_path / "results"
+    jdna = Path(sys.executable).parent / "jdna"
+    env = {**os.environ, "JDNA_RUNS": str(tmp_path / "runs"), "JDNA_HOME": str(tmp_path / "home")}
+    args = [
+        "make", "-C", str(REPO), "--no-print-directory",
+        f"R={results}", f"JDNA={jdna}", f"STAMP={stamp}", f"BIGBENCH_STAMP={stamp}",
+        f"LM={tiny_llama}", f"S2_MODEL={tiny_llama}", f"Q_MODEL={tiny_llama}", f"S2_TASK=file:{task}",
+        "SPARSITIES=0.5", "S2_OPTIONS=2 3 5", "LIMIT=8", "Q_BITS=4", "Q_RANKS=0.5",
+        f"{results}/setting2/difficulty.json", f"{results}/setting2/figure.png",
+        f"{results}/quantization/difficulty.json", f"{results}/quantization/figure.png",
+    ]
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = [json.loads(line) for line in (results / "setting2" / "records.jsonl").read_text().splitlines()]
+    assert len(records) == 3 * 2 and all(r["kind"] == "eval" for r in records)
+    difficulty = json.loads((results / "setting2" / "difficulty.json").read_text())
+    levels = [level["level"] for group in difficulty["groups"] for level in group["levels"]]
+    assert sorted(levels) == [0.5]
+    table = (results / "setting2" / "table.txt").read_text()
+    assert "s=0.5" in table and "rule:" in table
+    assert (results / "setting2" / "figure.png").stat().st_size > 10_000
+    quantization = json.loads((results / "quantization" / "difficulty.json").read_text())
+    kinds = {group.get("compression_kind") for group in quantization["groups"]}
+    assert {"pruned", "quantized", "lowrank"} <= kinds
+    again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "jdna" not in again.stdout + again.stderr  # nothing redone
