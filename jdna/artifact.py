@@ -242,3 +242,24 @@ def unpack_mask(packed: torch.Tensor, shape: tuple[int, ...] | list[int]) -> tor
     numel = int(np.prod(shape)) if len(shape) else 1
     bits = np.unpackbits(packed.numpy(), count=numel, bitorder="little")
     return torch.from_numpy(bits.astype(bool)).reshape(tuple(shape))
+
+
+def cached_artifact(path: Path, identity: str, explicit: bool, force: bool, reporter: Any = None) -> Artifact | None:
+    """The artifact already at `path` if it is readable and has the content address `identity`.
+
+    Every artifact-producing step calls this before doing work: a hit makes re-running a step free. An
+    unreadable file at a content-addressed path (not one the user named) is reported and then overwritten.
+    """
+    if force or not Path(path).exists():
+        return None
+    try:
+        existing = read_artifact(path)
+    except JdnaError:
+        existing = None
+    if existing is not None and existing.id == identity:
+        if reporter is not None:
+            reporter.log(f"cache hit: {path}")
+        return existing
+    if existing is None and not explicit and reporter is not None:
+        reporter.log(f"replacing unreadable cached file {path}")
+    return None

@@ -27,6 +27,7 @@ import torch
 from jdna.artifact import (
     Artifact,
     artifact_id,
+    cached_artifact,
     default_output_path,
     pack_mask,
     parent_reference,
@@ -342,18 +343,13 @@ def run_finetune(
     params = operation_params(config, ref.base.family, len(train_items))
     identity = artifact_id(ref.identity, "finetune", params)
     path = Path(output) if output else default_output_path("finetuned", identity)
-    if path.exists() and not force:
-        try:
-            existing = read_artifact(path)
-        except JdnaError:
-            existing = None
-        if existing is not None and existing.id == identity:
-            eval_path = existing.header.get("eval", {}).get("path")
-            if eval_path and Path(eval_path).is_file():
-                reporter.log(f"cache hit: {path}")
-                return finetune_record(existing, cached=True)
-        if output is None and existing is None:
-            reporter.log(f"replacing unreadable cached file {path}")
+    existing = cached_artifact(path, identity, output is not None, force)
+    if existing is not None:
+        eval_path = existing.header.get("eval", {}).get("path")
+        # The record points at the validation result; without it the step is redone, not half-served.
+        if eval_path and Path(eval_path).is_file():
+            reporter.log(f"cache hit: {path}")
+            return finetune_record(existing, cached=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     device = default_device()

@@ -9,13 +9,13 @@ from typing import Any
 from jdna.artifact import (
     Artifact,
     artifact_id,
+    cached_artifact,
     default_output_path,
     pack_mask,
     parent_reference,
     read_artifact,
     write_artifact,
 )
-from jdna.errors import JdnaError
 from jdna.models import ModelRef, load_model
 from jdna.progress import Reporter
 from jdna.prunable import prunable_matrices
@@ -70,16 +70,9 @@ def run_prune(
     params = plan.params()
     identity = artifact_id(ref.identity, "prune", params)
     path = Path(output) if output else default_output_path("pruned", identity)
-    if path.exists() and not force:
-        try:
-            existing = read_artifact(path)
-        except JdnaError:
-            existing = None
-        if existing is not None and existing.id == identity:
-            reporter.log(f"cache hit: {path}")
-            return artifact_record(existing, cached=True)
-        if output is None and existing is None:
-            reporter.log(f"replacing unreadable cached file {path}")
+    existing = cached_artifact(path, identity, output is not None, force, reporter)
+    if existing is not None:
+        return artifact_record(existing, cached=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     reporter.log(f"loading {ref.display_name}")

@@ -25,6 +25,7 @@ from jdna.appliers import masks_of
 from jdna.artifact import (
     Artifact,
     artifact_id,
+    cached_artifact,
     default_output_path,
     pack_mask,
     parent_reference,
@@ -414,36 +415,6 @@ def set_relative_error(terms: Any) -> float:
 # --- shared: caching and writing -----------------------------------------------------------------------
 
 
-def _cached(path: Path, identity: str, output: Path | None, force: bool, reporter: Reporter) -> Artifact | None:
-    if not path.exists() or force:
-        return None
-    try:
-        existing = read_artifact(path)
-    except JdnaError:
-        existing = None
-    if existing is not None and existing.id == identity:
-        reporter.log(f"cache hit: {path}")
-        return existing
-    if output is None and existing is None:
-        reporter.log(f"replacing unreadable cached file {path}")
-    return None
-
-
-def _load_quietly(ref: ModelRef) -> tuple[nn.Module, Any]:
-    """load_model without transformers' own "Loading weights" bar, which would break the rule that bad
-    input (detected right after loading, e.g. a group size that does not divide) prints one stderr line.
-    """
-    from transformers.utils import logging as hf_logging
-
-    enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        return load_model(ref)
-    finally:
-        if enabled:
-            hf_logging.enable_progress_bar()
-
-
 def record_of(artifact: Artifact, cached: bool) -> dict[str, Any]:
     """The stdout record: prune's record plus the fields that identify a quantization or factorization."""
     from jdna.pruning import artifact_record
@@ -473,12 +444,12 @@ def run_quantize(
     params = plan.params()
     identity = artifact_id(ref.identity, "quantize", params)
     path = Path(output) if output else default_output_path("quantized", identity)
-    existing = _cached(path, identity, output, force, reporter)
+    existing = cached_artifact(path, identity, output is not None, force, reporter)
     if existing is not None:
         return record_of(existing, cached=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    model, tokenizer = _load_quietly(ref)
+    model, tokenizer = load_model(ref)
     # Checked before the first log line, so bad input still fails with exactly one line on stderr.
     check_matrices(model, plan)
     spec = plan.spec
@@ -659,12 +630,12 @@ def run_lowrank(
     params = config.params()
     identity = artifact_id(ref.identity, "lowrank", params)
     path = Path(output) if output else default_output_path("lowrank", identity)
-    existing = _cached(path, identity, output, force, reporter)
+    existing = cached_artifact(path, identity, output is not None, force, reporter)
     if existing is not None:
         return record_of(existing, cached=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    model, _ = _load_quietly(ref)
+    model, _ = load_model(ref)
     prunable_matrices(model, config.include, config.exclude)  # bad globs fail before the first log line
     how = f"rank ratio {config.rank_ratio:g}" if config.rank_ratio is not None else f"energy {config.energy:g}"
     reporter.log(f"loaded {ref.display_name}; truncated SVD per matrix, {how}")
