@@ -66,8 +66,33 @@ def _describe(ref: ModelRef, matrices: bool) -> tuple[list[str], dict[str, Any]]
             disable_numparse=True,
         )
     )
+    invariants = header.get("invariants")
+    if isinstance(invariants, dict) and invariants.get("checked"):
+        verdict = "passed" if invariants.get("passed") else "FAILED"
+        shown.append(
+            f"invariant check ({invariants['checked']}): {verdict} — {invariants.get('positions', '?')} pruned "
+            f"positions, {invariants.get('violations', 0)} weight and "
+            f"{invariants.get('optimizer_state_violations', 0)} optimizer-state violations"
+        )
+    evaluation = header.get("eval")
+    if isinstance(evaluation, dict) and isinstance(evaluation.get("metrics"), dict):
+        shown.append(
+            tabulate(
+                [[name, entry.get("value"), entry.get("ci95")] for name, entry in evaluation["metrics"].items()
+                 if isinstance(entry, dict)],
+                headers=[f"validation ({evaluation.get('n', '?')} items)", "value", "95% CI"],
+                disable_numparse=True,
+            )
+        )
     record = artifact_record(artifact, cached=True)
     record.pop("cached", None)
+    if isinstance(invariants, dict):
+        record["invariants"] = invariants
+    if isinstance(evaluation, dict):
+        record["eval"] = evaluation
+    for key in ("task", "mode"):
+        if isinstance(header.get(key), str):
+            record[key] = header[key]
     record["lineage"] = ref.lineage()
     record["params"] = op.get("params", {})
     record["per_matrix_sparsity"] = {m["name"]: m["sparsity"] for m in stats.get("matrices", [])}

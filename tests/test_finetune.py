@@ -118,6 +118,9 @@ def test_mode_invariants(which: str, request: pytest.FixtureRequest, task_file: 
     info = run("info", "--summary", stdin=json.dumps(records["sparse"]))
     assert info.code == 0, info.stderr
     assert info.record["lineage"][-1]["kind"] == "finetuned"
+    assert info.record["invariants"] == records["sparse"]["invariants"] and info.record["mode"] == "sparse"
+    assert "invariant check (exact_zeros): passed" in info.stderr
+    assert info.record["eval"]["metrics"]["accuracy"] == records["sparse"]["metrics"]["accuracy"]
     again = run("finetune", pruned["path"], "--task", f"file:{task_file}", "--mode", "sparse", *FAST)
     assert again.code == 0 and again.record["cached"] is True
     assert again.record["id"] == records["sparse"]["id"]
