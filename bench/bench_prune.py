@@ -64,8 +64,10 @@ def measure(mode: str, model_dir: Path, sparsity: float) -> dict:
     elif mode == "jdna-global":
         fresh = _prunable_tensors(model_dir)
         k = prune_count(sparsity, sum(t.numel() for t in fresh.values()))
-        masks = select_group([fresh[n].numel() for n in names], lambda i: fresh[names[i]].abs(), k)
-        save_file({f"mask.{n}": pack_mask(m) for n, m in zip(names, masks)}, str(out))
+        packed: dict[str, torch.Tensor] = {}
+        select_group([fresh[n].numel() for n in names], lambda i: fresh[names[i]].abs(), k,
+                     consume=lambda i, keep: packed.__setitem__(f"mask.{names[i]}", pack_mask(keep)))
+        save_file(packed, str(out))
     elif mode == "concat-topk":
         fresh = _prunable_tensors(model_dir)
         flat = torch.cat([fresh[n].abs().reshape(-1) for n in names])
@@ -101,6 +103,7 @@ def main() -> None:
     parser.add_argument("--calib-samples", type=int, default=16)
     parser.add_argument("--calib-seqlen", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--selection-only", action="store_true", help="skip the whole-command timings")
     parser.add_argument("--measure", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     from jdna.models import resolve
@@ -123,6 +126,9 @@ def main() -> None:
     plain = rows[0]["seconds"]
     for row in rows:
         row["relative_to_plain"] = round(row["seconds"] / plain, 2)
+    if args.selection_only:
+        print(json.dumps({"model": args.model, "sparsity": args.sparsity, "selection": rows}, indent=2))
+        return
     calib = args.calib
     if calib is None:
         notes = Path(tempfile.mkdtemp()) / "notes.txt"

@@ -12,6 +12,7 @@ import datetime as _dt
 import hashlib
 import json
 import platform
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -263,3 +264,34 @@ def cached_artifact(path: Path, identity: str, explicit: bool, force: bool, repo
     if existing is None and not explicit and reporter is not None:
         reporter.log(f"replacing unreadable cached file {path}")
     return None
+
+
+class PackedMasks(MutableMapping):
+    """Keep-masks held at one bit per weight; reading a name unpacks just that mask.
+
+    Pruning a 7B model would otherwise hold 6.5 GB of boolean masks at once.
+    """
+
+    def __init__(self) -> None:
+        self._packed: dict[str, torch.Tensor] = {}
+        self._shapes: dict[str, tuple[int, ...]] = {}
+
+    def __setitem__(self, name: str, keep: torch.Tensor) -> None:
+        self._packed[name] = pack_mask(keep)
+        self._shapes[name] = tuple(keep.shape)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return unpack_mask(self._packed[name], self._shapes[name])
+
+    def __delitem__(self, name: str) -> None:
+        del self._packed[name]
+        del self._shapes[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._packed)
+
+    def __len__(self) -> int:
+        return len(self._packed)
+
+    def packed(self, name: str) -> torch.Tensor:
+        return self._packed[name]

@@ -97,3 +97,23 @@ def test_mask_packing_round_trips(shape: tuple[int, ...]) -> None:
     assert packed.dtype == torch.uint8
     assert packed.numel() == (keep.numel() + 7) // 8
     assert torch.equal(unpack_mask(packed, list(shape)), keep)
+
+
+def test_consumed_masks_equal_returned_masks() -> None:
+    generator = torch.Generator().manual_seed(7)
+    scores = [torch.randint(0, 3, shape, generator=generator).float() for shape in [(5, 4), (2, 9)]]
+    k = prune_count(0.45, sum(s.numel() for s in scores))
+    returned = select_group([s.numel() for s in scores], lambda i: scores[i], k)
+    consumed: dict[int, torch.Tensor] = {}
+    rest = select_group([s.numel() for s in scores], lambda i: scores[i], k, consume=consumed.__setitem__)
+    assert rest == [] and all(torch.equal(consumed[i], returned[i]) for i in range(len(scores)))
+
+
+def test_packed_masks_store_one_bit_per_weight() -> None:
+    from jdna.artifact import PackedMasks
+
+    masks = PackedMasks()
+    keep = torch.rand(33, 17, generator=torch.Generator().manual_seed(1)) > 0.3
+    masks["w"] = keep
+    assert torch.equal(masks["w"], keep) and list(masks) == ["w"]
+    assert masks.packed("w").numel() == (33 * 17 + 7) // 8

@@ -11,7 +11,6 @@ from jdna.artifact import (
     artifact_id,
     cached_artifact,
     default_output_path,
-    pack_mask,
     parent_reference,
     read_artifact,
     write_artifact,
@@ -89,7 +88,7 @@ def run_prune(
     operation_params = dict(params)
     if config.calib and plan.method.needs_calibration:
         operation_params["calib_path"] = str(config.calib)
-    tensors = {f"mask.{name}": pack_mask(keep) for name, keep in outcome.masks.items()}
+    tensors = {f"mask.{name}": outcome.masks.packed(name) for name in outcome.masks}
     tensors.update({f"weight.{name}": weight for name, weight in outcome.updated.items()})
     header = {
         "kind": "pruned",
@@ -97,7 +96,7 @@ def run_prune(
         "base": ref.base.reference(),
         "parent": parent_reference(ref.top) if ref.top else None,
         "operation": {"name": "prune", "params": operation_params},
-        "masks": {name: list(keep.shape) for name, keep in outcome.masks.items()},
+        "masks": {name: list(outcome.masks[name].shape) for name in outcome.masks},
         "stats": stats,
     }
     write_artifact(path, header, tensors)

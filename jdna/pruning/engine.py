@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from jdna.artifact import PackedMasks
 from jdna.calibration import (
     HessianAccumulator,
     InputNormAccumulator,
@@ -144,7 +145,7 @@ def plan_prune(config: PruneConfig) -> PrunePlan:
 
 @dataclass
 class PruneOutcome:
-    masks: dict[str, torch.Tensor]  # canonical name → keep mask (bool, cpu)
+    masks: PackedMasks  # canonical name → keep mask (bool on access, stored at one bit per weight)
     updated: dict[str, torch.Tensor] = field(default_factory=dict)  # new weights (SparseGPT)
     block_sparsity: dict[int, float] | None = None
     calibration: dict[str, Any] | None = None
@@ -159,13 +160,13 @@ def _select(
     score: Callable[[PrunableMatrix], torch.Tensor],
     plan: PrunePlan,
     block_sparsity: dict[int, float] | None,
-) -> dict[str, torch.Tensor]:
+) -> PackedMasks:
     def target(matrix: PrunableMatrix) -> float:
         if block_sparsity is not None and matrix.block is not None:
             return block_sparsity[matrix.block]
         return plan.sparsity
 
-    masks: dict[str, torch.Tensor] = {}
+    masks = PackedMasks()
     if plan.n_m is not None:
         for matrix in matrices:
             masks[matrix.name] = select_n_m(score(matrix), *plan.n_m)
@@ -185,8 +186,11 @@ def _select(
         for group in groups.values():
             sizes = [m.numel for m in group]
             k = prune_count(target(group[0]), sum(sizes))
-            for matrix, keep in zip(group, select_group(sizes, lambda i, g=group: score(g[i]), k)):
-                masks[matrix.name] = keep
+
+            def store(i: int, keep: torch.Tensor, g: list[PrunableMatrix] = group) -> None:
+                masks[g[i].name] = keep
+
+            select_group(sizes, lambda i, g=group: score(g[i]), k, consume=store)
     return masks
 
 
@@ -276,7 +280,7 @@ def prune_model(
     # Row/layer scope: prune block by block so later blocks see the activations of the pruned earlier
     # ones (as Wanda's reference implementation does).
     runner = new_runner()
-    masks = {}
+    masks = PackedMasks()
     for index, block in runner.iter_blocks():
         block_matrices = [m for m in matrices if m.block == index]
         accumulator = InputNormAccumulator()
@@ -296,7 +300,7 @@ def prune_model(
 def _sparsegpt_pass(
     runner: LayerwiseRunner, matrices: list[PrunableMatrix], plan: PrunePlan, reporter: Reporter
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    masks: dict[str, torch.Tensor] = {}
+    masks = PackedMasks()
     updated: dict[str, torch.Tensor] = {}
     for index, block in runner.iter_blocks():
         block_matrices = [m for m in matrices if m.block == index]

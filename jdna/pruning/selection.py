@@ -52,17 +52,25 @@ def _first_reaching(histogram: torch.Tensor, target: int) -> tuple[int, int]:
     return index, before
 
 
-def select_group(sizes: Sequence[int], scores: ScoreFn, k: int) -> list[torch.Tensor]:
+def select_group(
+    sizes: Sequence[int], scores: ScoreFn, k: int, consume: Callable[[int, torch.Tensor], None] | None = None
+) -> list[torch.Tensor]:
     """Keep-masks for a group of matrices sharing one threshold, pruning exactly `k` weights in all.
 
     `scores(i)` is called three times per matrix, so it must be deterministic; it lets callers recompute
-    scores instead of holding them all.
+    scores instead of holding them all. With `consume`, each mask is handed over as soon as it is made and
+    not kept (the returned list is empty), so callers can pack masks instead of holding them all as bools.
     """
     total = sum(sizes)
     if not 0 <= k <= total:
         raise ValueError(f"cannot prune {k} of {total} weights")
     if k == 0:
-        return [torch.ones_like(scores(i), dtype=torch.bool) for i in range(len(sizes))]
+        ones = [torch.ones_like(scores(i), dtype=torch.bool) for i in range(len(sizes))]
+        if consume is None:
+            return ones
+        for i, keep in enumerate(ones):
+            consume(i, keep)
+        return []
     high_hist = torch.zeros(_BINS, dtype=torch.int64)
     for i in range(len(sizes)):
         high_hist += torch.bincount(_high(sort_keys(scores(i))).reshape(-1), minlength=_BINS)
@@ -86,7 +94,10 @@ def select_group(sizes: Sequence[int], scores: ScoreFn, k: int) -> list[torch.Te
             take = equal[:ties_left]
             pruned.view(-1)[take] = True
             ties_left -= take.numel()
-        masks.append(~pruned)
+        if consume is None:
+            masks.append(~pruned)
+        else:
+            consume(i, ~pruned)
     return masks
 
 
