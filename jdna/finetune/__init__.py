@@ -233,23 +233,18 @@ def seed_everything(seed: int) -> None:
 
 def finetune_record(artifact: Artifact, cached: bool) -> dict[str, Any]:
     """The stdout record of a fine-tuned artifact (docs/records.md, "finetune stdout record")."""
+    from jdna.pruning import artifact_record
+
     header = artifact.header
     stats = header.get("stats", {})
     params = header["operation"].get("params", {})
-    record: dict[str, Any] = {
-        "path": str(artifact.path),
-        "kind": artifact.kind,
-        "id": artifact.id,
-        "cached": cached,
-        "base": header["base"].get("name"),
-        "operation": header["operation"].get("name"),
-        "task": header.get("task"),
-        "mode": header.get("mode"),
-        "train_examples": stats.get("train_examples"),
-    }
-    for key in ("sparsity", "bits_per_weight", "compression_ratio", "train_loss_last", "seconds"):
-        if key in stats:
-            record[key] = stats[key]
+    record = artifact_record(artifact, cached)
+    for key in ("method", "scope", "pattern", "bits", "granularity", "rank_ratio", "target_sparsity",
+                "prunable_params", "pruned_params", "model_sparsity"):
+        record.pop(key, None)  # training parameters share some names with compression ones; keep the record lean
+    record.update(task=header.get("task"), mode=header.get("mode"), train_examples=stats.get("train_examples"))
+    if "train_loss_last" in stats:
+        record["train_loss_last"] = stats["train_loss_last"]
     record["lr"] = params.get("lr")
     record["epochs"] = params.get("epochs")
     evaluation = header.get("eval", {})
