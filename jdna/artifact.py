@@ -235,14 +235,14 @@ def artifact_chain(artifact: Artifact) -> list[Artifact]:
 
 def pack_mask(keep: torch.Tensor) -> torch.Tensor:
     """Bit-pack a boolean mask (little-endian bit order) into uint8."""
-    bits = keep.detach().cpu().reshape(-1).numpy().astype(np.uint8)
-    return torch.from_numpy(np.packbits(bits, bitorder="little"))
+    flat = keep.detach().reshape(-1).cpu().numpy()
+    return torch.from_numpy(np.packbits(flat if flat.dtype == np.bool_ else flat.astype(bool), bitorder="little"))
 
 
 def unpack_mask(packed: torch.Tensor, shape: tuple[int, ...] | list[int]) -> torch.Tensor:
     numel = int(np.prod(shape)) if len(shape) else 1
     bits = np.unpackbits(packed.numpy(), count=numel, bitorder="little")
-    return torch.from_numpy(bits.astype(bool)).reshape(tuple(shape))
+    return torch.from_numpy(bits.view(np.bool_)).reshape(tuple(shape))
 
 
 def cached_artifact(path: Path, identity: str, explicit: bool, force: bool, reporter: Any = None) -> Artifact | None:
@@ -295,3 +295,8 @@ class PackedMasks(MutableMapping):
 
     def packed(self, name: str) -> torch.Tensor:
         return self._packed[name]
+
+    def set_packed(self, name: str, packed: torch.Tensor, shape: tuple[int, ...]) -> None:
+        """Store a mask that is already bit-packed (as `pack_mask` packs it)."""
+        self._packed[name] = packed
+        self._shapes[name] = tuple(shape)

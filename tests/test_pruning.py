@@ -257,3 +257,20 @@ def test_calibration_windows_capped_at_model_context(tiny_llama: Path) -> None:
 def test_bad_configs_raise_clear_errors(config: dict, message: str) -> None:
     with pytest.raises(JdnaError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
         plan_prune(PruneConfig(**config))
+
+
+@pytest.mark.parametrize("method_name", ["magnitude", "large-magnitude", "random", "wanda"])
+def test_sampled_scores_equal_full_scores_at_the_sampled_positions(method_name: str, tiny_llama: Path) -> None:
+    from jdna.pruning.base import METHODS, ScoreContext
+
+    model, _ = load(tiny_llama)
+    method = METHODS.get(method_name)
+    matrices = prunable_matrices(model)
+    generator = torch.Generator().manual_seed(0)
+    norms = {m.name: torch.rand(m.param.shape[1], generator=generator) + 0.5 for m in matrices}
+    context = ScoreContext(seed=3, input_norms=norms)
+    for matrix in matrices:
+        full = method.score(matrix, context).reshape(-1)
+        for start, stride in [(0, 1), (2, 7), (5, 13)]:
+            sampled = method.sample_scores(matrix, context, start, stride)
+            assert torch.equal(sampled, full[start::stride])

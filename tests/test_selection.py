@@ -6,7 +6,16 @@ import pytest
 import torch
 
 from jdna.artifact import pack_mask, unpack_mask
-from jdna.pruning.selection import prune_count, select_group, select_n_m, select_rows, sort_keys
+from jdna.errors import JdnaError
+from jdna.pruning.selection import (
+    _radix_select,
+    prune_count,
+    select_group,
+    select_group_packed,
+    select_n_m,
+    select_rows,
+    sort_keys,
+)
 
 
 def brute_force_group(scores: list[torch.Tensor], k: int) -> list[torch.Tensor]:
@@ -35,7 +44,7 @@ def test_global_selection_equals_brute_force_with_ties(seed: int, sparsity: floa
     masks = select_group([s.numel() for s in scores], lambda i: scores[i], k)
     expected = brute_force_group(scores, k)
     for got, want in zip(masks, expected):
-        assert torch.equal(got, want)
+        assert torch.equal(got.reshape(want.shape), want)
     assert sum(int((~m).sum()) for m in masks) == k
 
 
@@ -49,7 +58,7 @@ def test_global_selection_continuous_scores_spanning_many_buckets() -> None:
     k = prune_count(0.6, sum(s.numel() for s in scores))
     masks = select_group([s.numel() for s in scores], lambda i: scores[i], k)
     for got, want in zip(masks, brute_force_group(scores, k)):
-        assert torch.equal(got, want)
+        assert torch.equal(got.reshape(want.shape), want)
 
 
 def test_sort_keys_preserve_float_order() -> None:
@@ -99,14 +108,41 @@ def test_mask_packing_round_trips(shape: tuple[int, ...]) -> None:
     assert torch.equal(unpack_mask(packed, list(shape)), keep)
 
 
-def test_consumed_masks_equal_returned_masks() -> None:
-    generator = torch.Generator().manual_seed(7)
-    scores = [torch.randint(0, 3, shape, generator=generator).float() for shape in [(5, 4), (2, 9)]]
-    k = prune_count(0.45, sum(s.numel() for s in scores))
-    returned = select_group([s.numel() for s in scores], lambda i: scores[i], k)
-    consumed: dict[int, torch.Tensor] = {}
-    rest = select_group([s.numel() for s in scores], lambda i: scores[i], k, consume=consumed.__setitem__)
-    assert rest == [] and all(torch.equal(consumed[i], returned[i]) for i in range(len(scores)))
+def _as_flat_bools(masks: list[torch.Tensor], sizes: list[int]) -> list[torch.Tensor]:
+    return [unpack_mask(m, [n]) for m, n in zip(masks, sizes)]
+
+
+@pytest.mark.parametrize("sample_size", [1, 7, 64, 1 << 18])
+@pytest.mark.parametrize("sparsity", [0.01, 0.5, 0.93, 1.0])
+def test_sampled_bracket_equals_brute_force_for_any_sample_size(sample_size: int, sparsity: float) -> None:
+    # Tiny samples make the bracket miss or overflow, so this drives both the bracket and the radix fallback.
+    generator = torch.Generator().manual_seed(11)
+    scores = [torch.randn(shape, generator=generator).abs() for shape in [(40, 30), (17, 9), (64, 64), (3, 1)]]
+    scores[1][:5] = 0.0
+    scores[2].view(-1)[::3] = scores[2].view(-1)[1]  # a large block of exact ties
+    sizes = [s.numel() for s in scores]
+    k = prune_count(sparsity, sum(sizes))
+    masks = _as_flat_bools(select_group_packed(sizes, lambda i: scores[i], k, sample_size=sample_size), sizes)
+    for got, want in zip(masks, brute_force_group(scores, k)):
+        assert torch.equal(got.reshape(want.shape), want)
+
+
+def test_radix_fallback_equals_brute_force_with_signed_zeros_and_infinities() -> None:
+    values = torch.tensor([0.0, -0.0, 1.0, -1.0, float("inf"), -float("inf"), 0.0, -0.0, 2.5, -2.5])
+    scores = [values[:6].reshape(2, 3), values[6:]]
+    sizes = [6, 4]
+    for k in range(11):
+        for got, want in zip(_radix_select(sizes, lambda i: scores[i], k), brute_force_group(scores, k)):
+            assert torch.equal(got.reshape(want.shape), want), k
+        packed = select_group_packed(sizes, lambda i: scores[i], k)
+        for got, want in zip(_as_flat_bools(packed, sizes), brute_force_group(scores, k)):
+            assert torch.equal(got.reshape(want.shape), want), k
+
+
+def test_selection_rejects_nan_scores() -> None:
+    scores = [torch.tensor([0.5, float("nan"), 1.0])]
+    with pytest.raises(JdnaError, match="NaN"):
+        select_group_packed([3], lambda i: scores[i], 1)
 
 
 def test_packed_masks_store_one_bit_per_weight() -> None:
@@ -117,3 +153,20 @@ def test_packed_masks_store_one_bit_per_weight() -> None:
     masks["w"] = keep
     assert torch.equal(masks["w"], keep) and list(masks) == ["w"]
     assert masks.packed("w").numel() == (33 * 17 + 7) // 8
+
+
+def test_bracket_needs_no_fallback_on_continuous_scores(monkeypatch: pytest.MonkeyPatch) -> None:
+    import jdna.pruning.selection as selection
+
+    def no_fallback(*_args: object) -> None:
+        raise AssertionError("the sampled bracket should have held the threshold")
+
+    monkeypatch.setattr(selection, "_radix_select", no_fallback)
+    generator = torch.Generator().manual_seed(5)
+    scores = [torch.randn(300, 200, generator=generator).abs() for _ in range(5)]
+    sizes = [s.numel() for s in scores]
+    for sparsity in (0.2, 0.5, 0.9):
+        k = prune_count(sparsity, sum(sizes))
+        packed = selection.select_group_packed(sizes, lambda i: scores[i], k)
+        for got, want in zip(_as_flat_bools(packed, sizes), brute_force_group(scores, k)):
+            assert torch.equal(got.reshape(want.shape), want)

@@ -36,6 +36,11 @@ class ScoreMethod(ABC):
     def score(self, matrix: PrunableMatrix, context: ScoreContext) -> torch.Tensor:
         """float32 scores shaped like the weight; lower means pruned first."""
 
+    def sample_scores(self, matrix: PrunableMatrix, context: ScoreContext, start: int, stride: int) -> torch.Tensor:
+        """`score(...)` at flat positions start, start + stride, ... (1-D). Global selection brackets its
+        threshold with such a sample; methods whose score is elementwise override this to skip the rest."""
+        return self.score(matrix, context).reshape(-1)[start::stride].clone()
+
 
 class ReconstructionMethod:
     """A method that chooses masks while updating the remaining weights (SparseGPT)."""

@@ -27,7 +27,7 @@ from jdna.progress import Reporter
 from jdna.prunable import PrunableMatrix, prunable_matrices
 from jdna.pruning.base import METHODS, SCOPES, ReconstructionMethod, ScoreContext, ScoreMethod
 from jdna.pruning.owl import outlier_ratio, owl_sparsities
-from jdna.pruning.selection import prune_count, select_group, select_n_m, select_rows
+from jdna.pruning.selection import prune_count, select_group_packed, select_n_m, select_rows
 from jdna.pruning.sparsegpt import sparsegpt_prune_matrix
 
 VALUE_BITS = 16  # the reference precision of the compression axis: a dense model counts 16 bits a weight
@@ -155,9 +155,23 @@ def _apply(matrix: PrunableMatrix, keep: torch.Tensor) -> None:
     matrix.param.data.masked_fill_(~keep.to(matrix.param.device), 0)
 
 
+@dataclass
+class _Scorer:
+    """A method's scores for one matrix at a time (all of them, or a strided sample)."""
+
+    method: ScoreMethod
+    context: ScoreContext
+
+    def __call__(self, matrix: PrunableMatrix) -> torch.Tensor:
+        return self.method.score(matrix, self.context).cpu()
+
+    def sample(self, matrix: PrunableMatrix, start: int, stride: int) -> torch.Tensor:
+        return self.method.sample_scores(matrix, self.context, start, stride).cpu()
+
+
 def _select(
     matrices: list[PrunableMatrix],
-    score: Callable[[PrunableMatrix], torch.Tensor],
+    score: _Scorer,
     plan: PrunePlan,
     block_sparsity: dict[int, float] | None,
 ) -> PackedMasks:
@@ -175,9 +189,11 @@ def _select(
             masks[matrix.name] = select_rows(score(matrix), target(matrix))
     elif plan.scope == "layer":
         for matrix in matrices:
-            masks[matrix.name] = select_group(
-                [matrix.numel], lambda _i, m=matrix: score(m), prune_count(target(matrix), matrix.numel)
+            k = prune_count(target(matrix), matrix.numel)
+            packed = select_group_packed(
+                [matrix.numel], lambda _i, m=matrix: score(m), k, lambda _i, a, b, m=matrix: score.sample(m, a, b)
             )[0]
+            masks.set_packed(matrix.name, packed, tuple(matrix.param.shape))
     else:
         groups: dict[Any, list[PrunableMatrix]] = {}
         for matrix in matrices:
@@ -186,11 +202,11 @@ def _select(
         for group in groups.values():
             sizes = [m.numel for m in group]
             k = prune_count(target(group[0]), sum(sizes))
-
-            def store(i: int, keep: torch.Tensor, g: list[PrunableMatrix] = group) -> None:
-                masks[g[i].name] = keep
-
-            select_group(sizes, lambda i, g=group: score(g[i]), k, consume=store)
+            packed_masks = select_group_packed(
+                sizes, lambda i, g=group: score(g[i]), k, lambda i, a, b, g=group: score.sample(g[i], a, b)
+            )
+            for matrix, packed in zip(group, packed_masks):
+                masks.set_packed(matrix.name, packed, tuple(matrix.param.shape))
     return masks
 
 
@@ -228,8 +244,7 @@ def prune_model(
     matrices = prunable_matrices(model, config.include, config.exclude)
     context = ScoreContext(seed=config.seed)
 
-    def score(matrix: PrunableMatrix) -> torch.Tensor:
-        return method.score(matrix, context).cpu()
+    score = _Scorer(method, context)
 
     if not method.needs_calibration:
         block_sparsity = _owl_block_sparsity(matrices, score, plan) if config.owl else None

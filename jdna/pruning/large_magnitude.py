@@ -16,5 +16,8 @@ class LargeMagnitude(ScoreMethod):
     def score(self, matrix: PrunableMatrix, context: ScoreContext) -> torch.Tensor:
         return -matrix.param.detach().abs().to(torch.float32)
 
+    def sample_scores(self, matrix: PrunableMatrix, context: ScoreContext, start: int, stride: int) -> torch.Tensor:
+        return -matrix.param.detach().reshape(-1)[start::stride].abs().to(torch.float32)
+
 
 METHODS.add("large-magnitude", LargeMagnitude())

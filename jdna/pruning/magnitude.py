@@ -17,5 +17,8 @@ class Magnitude(ScoreMethod):
     def score(self, matrix: PrunableMatrix, context: ScoreContext) -> torch.Tensor:
         return matrix.param.detach().abs().to(torch.float32)
 
+    def sample_scores(self, matrix: PrunableMatrix, context: ScoreContext, start: int, stride: int) -> torch.Tensor:
+        return matrix.param.detach().reshape(-1)[start::stride].abs().to(torch.float32)
+
 
 METHODS.add("magnitude", Magnitude())

@@ -21,13 +21,22 @@ class Wanda(ScoreMethod):
     needs_calibration = True
     supports_owl = True
 
-    def score(self, matrix: PrunableMatrix, context: ScoreContext) -> torch.Tensor:
+    def score_norms(self, matrix: PrunableMatrix, context: ScoreContext) -> torch.Tensor:
         norms = context.input_norms.get(matrix.name)
         if norms is None:
             raise JdnaError(
                 f"wanda has no activations for '{matrix.name}': only linear layers in blocks qualify"
             )
-        return wanda_scores(matrix.param.cpu(), norms)
+        return norms.reshape(-1)
+
+    def score(self, matrix: PrunableMatrix, context: ScoreContext) -> torch.Tensor:
+        return wanda_scores(matrix.param.cpu(), self.score_norms(matrix, context))
+
+    def sample_scores(self, matrix: PrunableMatrix, context: ScoreContext, start: int, stride: int) -> torch.Tensor:
+        weight = matrix.param.detach().cpu()
+        columns = torch.arange(start, weight.numel(), stride) % weight.shape[-1]
+        norms = self.score_norms(matrix, context).to(torch.float32)
+        return weight.reshape(-1)[start::stride].abs().to(torch.float32) * norms[columns]
 
 
 METHODS.add("wanda", Wanda())
