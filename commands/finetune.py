@@ -1,4 +1,5 @@
-"""jdna finetune: dense / sparse / freeze / regrow transfer of a (pruned) model to a classification task."""
+"""jdna finetune: dense / sparse / freeze / regrow transfer of a (pruned) model to a classification, multiple-choice
+or QA task (classification: a sequence-classification head; multiple choice and QA: a causal LM's answer tokens)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ def finetune(
     ] = None,
     task: Annotated[
         str | None,
-        typer.Option(help="Classification task, e.g. bigbench:vitaminc_fact_verification, sst2, file:PATH."),
+        typer.Option(
+            help="Classification task (e.g. bigbench:vitaminc_fact_verification, sst2), or, for a causal LM, a "
+            "multiple-choice or QA task (e.g. bigbench:general_knowledge, mmlu, bigbench:qa_wikidata); or file:PATH."
+        ),
     ] = None,
     mode: Annotated[
         str,
@@ -28,10 +32,11 @@ def finetune(
         ),
     ] = "sparse",
     train_fraction: Annotated[
-        float | None, typer.Option(help="Fraction of the train pool to use, in (0, 1] (stratified, seeded).")
+        float | None, typer.Option(help="Fraction of the train pool to use, in (0, 1] (seeded; stratified by label).")
     ] = None,
     train_examples: Annotated[
-        int | None, typer.Option(help="Number of training examples (stratified by label, seeded).")
+        int | None,
+        typer.Option(help="Number of training examples (seeded; stratified by label, or by gold letter for MMLU)."),
     ] = None,
     epochs: Annotated[int, typer.Option(help="Passes over the training examples.")] = 3,
     lr: Annotated[
@@ -39,7 +44,10 @@ def finetune(
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Examples per micro-batch.")] = 16,
     grad_accum: Annotated[int, typer.Option(help="Micro-batches per optimizer step.")] = 1,
-    max_length: Annotated[int, typer.Option(help="Tokens per example (longer ones are truncated).")] = 128,
+    max_length: Annotated[
+        int,
+        typer.Option(help="Tokens per example; longer ones are cut (MC/QA: the prompt from the left, not the answer)."),
+    ] = 128,
     warmup: Annotated[float, typer.Option(help="Linear warmup, as a fraction of the optimizer steps.")] = 0.06,
     weight_decay: Annotated[float, typer.Option(help="AdamW decoupled weight decay (not on 1-D params).")] = 0.01,
     seed: Annotated[int, typer.Option(help="Seed for the head, data subset and order, and dropout.")] = 0,
@@ -61,7 +69,13 @@ def finetune(
         bool, typer.Option(help="Allow loading pickle (.bin) weights. Only for trusted models.")
     ] = False,
 ) -> None:
-    """Fine-tune a (pruned) model with a classification head; check the mode's invariant; evaluate.
+    """Fine-tune a (pruned) model on a task; check the mode's invariant; evaluate the validation items.
+
+    Classification tasks train a sequence-classification head. Multiple-choice and QA tasks train a causal
+    LM on the answer tokens: the prompt `jdna eval` scores plus the gold answer, with the loss on the answer
+    only; validation uses `jdna eval`'s evaluator (log-likelihood accuracy, EM/F1) on the items
+    `jdna eval --limit N` picks. Training items come from the task's train pool, which never overlaps the
+    validation items (tasks without a train split, e.g. BIG-bench, carve one by seeded hash).
 
     Writes a finetuned artifact (weights + masks) and an eval record of the validation pool. An interrupted
     run (Ctrl-C, SIGTERM) leaves a checkpoint beside the output; the same command resumes from it.

@@ -23,6 +23,6 @@ PARAGRAPHS = [
 
 if __name__ == "__main__":
     for repeat in range(12):
-        for index, paragraph in enumerate(PARAGRAPHS):
+        for index in range(len(PARAGRAPHS)):
             print(PARAGRAPHS[(index + repeat) % len(PARAGRAPHS)])
             print()

@@ -84,7 +84,9 @@ def test_mode_invariants(which: str, request: pytest.FixtureRequest, task_file: 
         assert result.code == 0, result.stderr
         record = result.record
         records[mode] = record
-        assert record["kind"] == "finetuned" and record["mode"] == mode
+        assert record["kind"] == "finetuned" and record["mode"] == mode and record["objective"] == "classification"
+        assert record["split"] == {**record["split"], "train_pool": 60, "validation_pool": 30, "train_used": 60,
+                                   "validation_used": 20}
         weights = _params(record["path"])
         changed = sum(int((weights[n] != dense[n]).sum()) for n in masks)
         assert changed > 0, f"{mode}: training changed nothing"
@@ -251,7 +253,8 @@ def test_bad_input_exits_2(tiny_bert: Path, task_file: Path, args: list[str], ne
 def test_non_classification_task_exits_2(tiny_bert: Path, mc_file: Path) -> None:
     result = run("finetune", str(tiny_bert), "--task", f"file:{mc_file}", "--mode", "dense")
     assert result.code == 2
-    assert "multiple_choice task" in result.stderr and "classification" in result.stderr
+    assert "multiple_choice task" in result.stderr and "encoder with no LM head" in result.stderr
+    assert "classification task" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     missing = run("finetune", str(tiny_bert), "--mode", "dense")
     assert missing.code == 2 and "--task" in missing.stderr

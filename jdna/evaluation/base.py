@@ -104,6 +104,9 @@ class EvalContext:
     reporter: Reporter
     device: torch.device
     dtype: torch.dtype
+    # A model already in memory (jdna finetune validating what it trained): load_lm returns it, loads nothing.
+    model: Any = None
+    tokenizer: Any = None
 
 
 @dataclass
@@ -182,6 +185,8 @@ def load_lm(ctx: EvalContext) -> tuple[Any, Any, float]:
 
     from jdna.models import load_model
 
+    if ctx.model is not None:
+        return ctx.model, ctx.tokenizer, 0.0
     started = time.perf_counter()
     ctx.reporter.log(f"loading {ctx.ref.display_name} ({ctx.device.type}, {str(ctx.dtype).replace('torch.', '')})")
     model, tokenizer = load_model(ctx.ref, device=ctx.device, dtype=ctx.dtype)

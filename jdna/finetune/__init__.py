@@ -1,13 +1,26 @@
 """Transfer fine-tuning of (pruned) models: dense, sparse, freeze and regrow, with checked invariants.
 
-`run_finetune(ref, config)` trains a sequence-classification head (and the whole model) on a classification
-task, enforces the mode's mask rules (`jdna.finetune.masking`), checks the mode's invariant at the end (a
-violation is an error), evaluates the task's evaluation pool, and writes
+`run_finetune(ref, config)` trains the whole model on a task, enforces the mode's mask rules
+(`jdna.finetune.masking`), checks the mode's invariant at the end (a violation is an error), evaluates the
+task's evaluation pool, and writes
 
 - a ``finetuned`` artifact (all parameters + the keep-masks for sparse/freeze) whose parent is the input, and
 - an ``eval`` record (``runs/eval/<id[:20]>.json``) whose ``transfer`` names the mode,
 
 and returns the stdout record. Interrupted runs leave a checkpoint beside the output and resume from it.
+
+What is trained depends on the task (`load_finetune_task`):
+
+- classification tasks (and BIG-bench multiple-choice tasks whose every example offers the same options,
+  loaded as classification) train a sequence-classification head, on an encoder or a causal LM;
+- multiple-choice and QA (generation) tasks train a causal LM's own head on the answer tokens
+  (`jdna.finetune.lm`): the prompt `jdna eval` scores plus the gold answer, loss on the answer only. The
+  validation pass is `jdna eval`'s own evaluator (log-likelihood accuracy, EM/F1) on the items `jdna eval
+  --task T --limit N --seed S` would score, with the model still in memory.
+
+Training data is the task's train pool, evaluation its evaluation pool; the two are disjoint by construction
+(sources without a train split, such as BIG-bench, carve one by a seeded hash: `jdna.tasks.carve_split`), so
+validation items are never trained on. The record says how the split was made (`split`).
 """
 
 from __future__ import annotations
@@ -17,7 +30,7 @@ import os
 import random
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +50,13 @@ from jdna.artifact import (
 )
 from jdna.errors import JdnaError, unknown_name_error
 from jdna.finetune.checkpoint import checkpoint_dir, remove_checkpoint
-from jdna.finetune.data import Encoded, Schedule, encode_items, is_regression
+from jdna.finetune.data import Schedule, TrainData, encode_items, is_regression
 from jdna.finetune.evaluate import Evaluation, evaluate
+from jdna.finetune.lm import LM_HEAD, LM_PROTOCOL, OBJECTIVE, adds_bos, check_lm_model, encode_lm_items, load_tokenizer
+from jdna.finetune.lm import training_pool_items as lm_training_items
 from jdna.finetune.loop import Interrupted, TrainSettings, loss_summary, stop_on_signals, train
 from jdna.finetune.masking import MaskEnforcer, chain_masks, dense_ref, mask_source, zero_statistics
-from jdna.io import write_json_atomic
+from jdna.io import sha256_text, write_json_atomic
 from jdna.models import ModelRef, canonical_parameters, default_device, load_model, resolve
 from jdna.paths import runs_dir
 from jdna.progress import Reporter
@@ -55,6 +70,7 @@ __all__ = [
     "MaskEnforcer",
     "finetune_record",
     "load_classification_task",
+    "load_finetune_task",
     "plan",
     "run_finetune",
 ]
@@ -137,25 +153,7 @@ def check_model(ref: ModelRef, config: FinetuneConfig) -> None:
         )
 
 
-def load_classification_task(spec: str) -> Task:
-    """Load `spec` as a classification task (BIG-bench fixed-label tasks are converted), else a clear error."""
-    source = parse_spec(spec)[0]
-    options = {"as_kind": "classification"} if source == "bigbench" else {}
-    try:
-        task = load_task(spec, **options)
-    except JdnaError as error:
-        if source != "bigbench":
-            raise
-        raise JdnaError(
-            f"task {spec} cannot be fine-tuned with a classification head ({error}); training multiple-choice "
-            "or QA tasks on a causal LM's answer tokens is not supported yet"
-        ) from None
-    if task.kind != "classification":
-        raise JdnaError(
-            f"task {spec} is a {task.kind} task, but finetune trains a sequence-classification head and needs "
-            "a classification task (e.g. bigbench:vitaminc_fact_verification, sst2, or a file: task with "
-            f"labels); training {task.kind} tasks on a causal LM's answer tokens is not supported yet"
-        )
+def _check_pools(task: Task, spec: str) -> Task:
     if not task.train_items:
         raise JdnaError(f"task {spec} has no training items to fine-tune on")
     if not task.items:
@@ -163,19 +161,72 @@ def load_classification_task(spec: str) -> Task:
     return task
 
 
+def load_finetune_task(spec: str) -> Task:
+    """The task as finetune trains it: classification if it is one (BIG-bench multiple-choice tasks with one
+    fixed option set are converted, as before), else as loaded (multiple choice, generation)."""
+    if parse_spec(spec)[0] == "bigbench":
+        try:
+            return _check_pools(load_task(spec, as_kind="classification"), spec)
+        except JdnaError:
+            pass  # not a fixed-label task: trained on a causal LM's answer tokens, or an error below
+    task = load_task(spec)
+    if task.kind == "perplexity":
+        raise JdnaError(
+            f"task {spec} is a perplexity task, which has nothing to fine-tune towards: use a classification, "
+            "multiple-choice or QA task"
+        )
+    return _check_pools(task, spec)
+
+
+def load_classification_task(spec: str) -> Task:
+    """Load `spec` as a classification task (BIG-bench fixed-label tasks are converted), else a clear error."""
+    task = load_finetune_task(spec)
+    if task.kind != "classification":
+        raise JdnaError(
+            f"task {spec} is a {task.kind} task, not a classification task (e.g. bigbench:vitaminc_fact_verification, "
+            "sst2, or a file: task with labels): it is fine-tuned on a causal LM's answer tokens, not with a "
+            "classification head"
+        )
+    return task
+
+
 def training_items(task: Task, config: FinetuneConfig) -> list[Item]:
-    """The seeded, label-stratified training subset the config asks for."""
+    """The seeded training subset the config asks for: label-stratified for classification (multiple choice:
+    see `jdna.finetune.lm.training_pool_items`)."""
     pool = task.train_items
+    if config.train_examples is not None and config.train_examples > len(pool):
+        carved = ""
+        if "carved" in task.provenance:
+            carved = " (carved from a task without a train split; the other items are validation items)"
+        raise JdnaError(
+            f"--train-examples {config.train_examples} but the training pool of {task.name} has only "
+            f"{len(pool)} items{carved}: use --train-examples {len(pool)} or fewer"
+        )
+    if task.kind != "classification":
+        return lm_training_items(task, config.train_examples, config.train_fraction, config.seed)
     if config.train_examples is not None:
-        if config.train_examples > len(pool):
-            raise JdnaError(
-                f"--train-examples {config.train_examples} but the training pool of {task.name} has only "
-                f"{len(pool)} items: use --train-examples {len(pool)} or fewer"
-            )
         return subsample_train(pool, n=config.train_examples, seed=config.seed)
     if config.train_fraction is not None and config.train_fraction < 1.0:
         return subsample_train(pool, fraction=config.train_fraction, seed=config.seed)
     return list(pool)
+
+
+def split_summary(task: Task, train: list[Item], evaluated: list[Item]) -> dict[str, Any]:
+    """How the task's pools were made and which items were used: counts, the loader's provenance, and
+    sha256 digests of the sorted ids (the eval record lists the evaluated ids and the trained ones)."""
+    trained, validated = {item.id for item in train}, {item.id for item in evaluated}
+    overlap = trained & validated
+    if overlap:  # the pools are disjoint by construction; this guards the guarantee, not the user's input
+        raise JdnaError(f"item '{sorted(overlap)[0]}' of {task.name} is in both the training and validation sets")
+    return {
+        "train_pool": len(task.train_items),
+        "validation_pool": len(task.items),
+        "train_used": len(train),
+        "validation_used": len(evaluated),
+        "provenance": task.provenance,
+        "train_ids_sha256": sha256_text("\n".join(sorted(trained))),
+        "validation_ids_sha256": sha256_text("\n".join(sorted(validated))),
+    }
 
 
 def evaluation_items(task: Task, limit: int | None) -> list[Item]:
@@ -199,12 +250,17 @@ def head_for(task: Task) -> dict[str, Any]:
     }
 
 
-def operation_params(config: FinetuneConfig, family: str, n_train: int) -> dict[str, Any]:
+def operation_params(
+    config: FinetuneConfig, family: str, n_train: int, objective: str = "classification"
+) -> dict[str, Any]:
     """The step's parameters as recorded (and hashed into the id): defaults resolved."""
     params = asdict(config)
     params.pop("checkpoint_every")
     params["lr"] = config.lr if config.lr is not None else (CAUSAL_LM_LR if family == "causal_lm" else ENCODER_LR)
     params["train_examples_used"] = n_train
+    if objective != "classification":  # (classification ids stay as they were)
+        params["objective"] = objective
+        params["lm_protocol"] = LM_PROTOCOL
     return params
 
 
@@ -243,6 +299,7 @@ def finetune_record(artifact: Artifact, cached: bool) -> dict[str, Any]:
                 "prunable_params", "pruned_params", "model_sparsity"):
         record.pop(key, None)  # training parameters share some names with compression ones; keep the record lean
     record.update(task=header.get("task"), mode=header.get("mode"), train_examples=stats.get("train_examples"))
+    record["objective"] = header.get("objective", "classification")
     if "train_loss_last" in stats:
         record["train_loss_last"] = stats["train_loss_last"]
     record["lr"] = params.get("lr")
@@ -251,6 +308,8 @@ def finetune_record(artifact: Artifact, cached: bool) -> dict[str, Any]:
     record["primary_metric"] = evaluation.get("primary_metric")
     record["metrics"] = evaluation.get("metrics")
     record["invariants"] = header.get("invariants")
+    if isinstance(header.get("split"), dict):
+        record["split"] = {k: v for k, v in header["split"].items() if not k.endswith("_sha256")}
     record["eval_record"] = evaluation.get("path")
     return record
 
@@ -276,32 +335,50 @@ def eval_location(artifact_identity: str, config: FinetuneConfig, n_train: int) 
     return identity, runs_dir() / "eval" / f"{identity[:20]}.json"
 
 
+@dataclass
+class Validation:
+    """The validation pass, whichever evaluator ran it: metrics, per-item values (eval record layout)."""
+
+    task_kind: str
+    primary_metric: str
+    metrics: dict[str, dict[str, Any]]
+    per_item: dict[str, Any]
+    n: int
+    seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of_classification(cls, task: Task, items: list[Item], evaluation: Evaluation) -> Validation:
+        per_item = {"ids": [item.id for item in items], "values": evaluation.per_item}
+        return cls(task.kind, evaluation.primary_metric, evaluation.metrics, per_item, len(items), evaluation.seconds)
+
+
 def _eval_record(
     ref: ModelRef,
     artifact_path: Path,
     artifact_header: dict[str, Any],
-    task: Task,
     config: FinetuneConfig,
     n_train: int,
-    items: list[Item],
-    evaluation: Evaluation,
+    validation: Validation,
+    transfer_extra: dict[str, Any] | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """The eval record (docs/records.md) of the validation pass, and where it goes."""
     knobs = eval_knobs(config, n_train)
     identity, path = eval_location(artifact_header["id"], config, n_train)
     finetuned_ref = ModelRef(base=ref.base, chain=[*ref.chain, read_artifact(artifact_path)])
+    seconds = validation.seconds
     record = {
         "kind": "eval",
         "path": str(path),
         "id": identity,
         "cached": False,
         "task": config.task,
-        "task_kind": task.kind,
+        "task_kind": validation.task_kind,
         "knobs": knobs,
-        "primary_metric": evaluation.primary_metric,
-        "metrics": evaluation.metrics,
+        "primary_metric": validation.primary_metric,
+        "metrics": validation.metrics,
         "higher_is_better": True,
-        "n": len(items),
+        "n": validation.n,
         "model": {
             "name": str(artifact_path),
             "id": artifact_header["id"],
@@ -310,15 +387,53 @@ def _eval_record(
             "lineage": finetuned_ref.lineage(),
             "compression": ref.compression(),
         },
-        "transfer": {"mode": config.mode, "train_examples": n_train, "artifact": str(artifact_path)},
-        "per_item": {"ids": [item.id for item in items], "values": evaluation.per_item},
+        "transfer": {
+            "mode": config.mode,
+            "train_examples": n_train,
+            "artifact": str(artifact_path),
+            **(transfer_extra or {}),
+        },
+        **validation.extra,
+        "per_item": validation.per_item,
         "timing": {
-            "seconds": round(evaluation.seconds, 3),
-            "items_per_second": round(len(items) / evaluation.seconds, 2) if evaluation.seconds > 0 else None,
+            "seconds": round(seconds, 3),
+            "items_per_second": round(validation.n / seconds, 2) if seconds > 0 else None,
         },
         "versions": versions(),
     }
     return path, record
+
+
+def _validate_lm(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prepared: Any,
+    eval_config: Any,
+    ref: ModelRef,
+    device: torch.device,
+    reporter: Reporter,
+) -> Validation:
+    """`jdna eval`'s own evaluator (multiple choice or generation) on the prepared items, model in memory."""
+    from jdna.evaluation import EVALUATORS
+    from jdna.evaluation.base import EvalContext
+
+    dtype = next(model.parameters()).dtype
+    ctx = EvalContext(
+        ref=ref, config=eval_config, prepared=prepared, reporter=reporter, device=device, dtype=dtype,
+        model=model, tokenizer=tokenizer,
+    )
+    outcome = EVALUATORS.get(prepared.task.kind).run(ctx)
+    extra = {k: v for k, v in outcome.extra.items() if k != "load_seconds"}
+    extra.update(device=device.type, dtype=str(dtype).replace("torch.", ""))
+    return Validation(
+        task_kind=prepared.task.kind,
+        primary_metric=next(iter(outcome.metrics)),
+        metrics=outcome.metrics,
+        per_item=outcome.per_item,
+        n=len(prepared.items),
+        seconds=outcome.seconds,
+        extra=extra,
+    )
 
 
 def run_finetune(
@@ -332,10 +447,23 @@ def run_finetune(
     reporter = reporter or Reporter()
     plan(config)
     check_model(ref, config)
-    task = load_classification_task(config.task)
+    task = load_finetune_task(config.task)
+    objective = "classification" if task.kind == "classification" else OBJECTIVE
+    prepared = eval_config = None
+    if objective == "classification":
+        eval_items = evaluation_items(task, config.eval_limit)
+    else:
+        from jdna.evaluation import prepare
+        from jdna.evaluation.base import EvalConfig
+
+        check_lm_model(ref, config.task, task.kind)
+        # The items (and prompts) `jdna eval --task T --limit N --seed S` scores: the validation pool.
+        eval_config = EvalConfig(task=config.task, limit=config.eval_limit, seed=config.seed)
+        prepared = prepare(eval_config)
+        task, eval_items = prepared.task, prepared.items
     train_items = training_items(task, config)
-    eval_items = evaluation_items(task, config.eval_limit)
-    params = operation_params(config, ref.base.family, len(train_items))
+    split = split_summary(task, train_items, eval_items)
+    params = operation_params(config, ref.base.family, len(train_items), objective)
     identity = artifact_id(ref.identity, "finetune", params)
     path = Path(output) if output else default_output_path("finetuned", identity)
     existing = cached_artifact(path, identity, output is not None, force)
@@ -348,10 +476,14 @@ def run_finetune(
     path.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     device = default_device()
-    head = head_for(task)
+    head = head_for(task) if objective == "classification" else dict(LM_HEAD)
     seed_everything(config.seed)
     source = dense_ref(ref) if config.mode in ("dense", "freeze") else ref
-    reporter.log(f"loading {source.display_name} with a {head['num_labels']}-output classification head")
+    if objective == "classification":
+        reporter.log(f"loading {source.display_name} with a {head['num_labels']}-output classification head")
+    else:  # data errors (an answer longer than --max-length) surface before the model loads
+        lm_data = encode_lm_items(train_items, task, load_tokenizer(ref), config.max_length, adds_bos(ref))
+        reporter.log(f"loading {source.display_name} as a causal LM, trained on its {task.kind} answer tokens")
     with quiet_transformers():  # the "classifier weights newly initialised" report is expected here
         model, tokenizer = load_model(source, head=head, device=device)
     if head.get("labels"):
@@ -360,15 +492,23 @@ def run_finetune(
     masks = chain_masks(ref) if config.mode in NEEDS_MASK else {}
     enforcer = MaskEnforcer.build(model, masks, config.mode)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    regression = head["problem_type"] == "regression"
-    train_data: Encoded = encode_items(train_items, tokenizer, config.max_length, regression)
-    eval_data = encode_items(eval_items, tokenizer, config.max_length, regression)
+    regression = head.get("problem_type") == "regression"
+    if objective == "classification":
+        train_data: TrainData = encode_items(train_items, tokenizer, config.max_length, regression)
+        eval_data = encode_items(eval_items, tokenizer, config.max_length, regression)
+    else:
+        train_data = lm_data
     schedule = Schedule(len(train_data), config.batch_size, config.grad_accum, config.epochs, config.seed)
     reporter.log(
         f"mode {config.mode}: {MODE_HELP[config.mode]}; {len(train_data)} training examples, "
         f"{schedule.total_steps} steps of {config.batch_size * config.grad_accum}, lr {params['lr']:g}, "
         f"on {device.type}"
     )
+    if objective != "classification" and lm_data.truncated:
+        reporter.log(
+            f"{lm_data.truncated} of {len(lm_data)} training prompts were cut from the left to fit --max-length "
+            f"{config.max_length} (answers are never cut)"
+        )
     settings = TrainSettings(
         lr=params["lr"],
         weight_decay=config.weight_decay,
@@ -393,9 +533,13 @@ def run_finetune(
     if invariants["checked"]:
         reporter.log(f"invariant {invariants['checked']} holds at {invariants['positions']} pruned positions")
     del optimizer
-    evaluation = evaluate(model, task, eval_data, pad_id, device, seed=config.seed, reporter=reporter)
-    primary = evaluation.metrics.get(evaluation.primary_metric, {}).get("value")
-    reporter.log(f"validation {evaluation.primary_metric} = {primary} on {len(eval_items)} items")
+    if objective == "classification":
+        evaluation = evaluate(model, task, eval_data, pad_id, device, seed=config.seed, reporter=reporter)
+        validation = Validation.of_classification(task, eval_items, evaluation)
+    else:
+        validation = _validate_lm(model, tokenizer, prepared, eval_config, source, device, reporter)
+    primary = validation.metrics.get(validation.primary_metric, {}).get("value")
+    reporter.log(f"validation {validation.primary_metric} = {primary} on {len(eval_items)} items")
 
     params_by_name = canonical_parameters(model)
     measured_names = list(masks) if masks else _prunable_names(model)
@@ -410,6 +554,14 @@ def run_finetune(
         "examples_per_second": round(outcome.examples_per_second, 2),
         "train_seconds": round(outcome.seconds, 3),
     }
+    if objective != "classification":
+        answer_tokens = lm_data.units(range(len(lm_data)))
+        stats.update(
+            answer_tokens=answer_tokens,
+            answer_tokens_mean=round(answer_tokens / max(1, len(lm_data)), 3),
+            sequence_tokens_max=max((len(x) for x in lm_data.input_ids), default=0),
+            truncated_prompts=lm_data.truncated,
+        )
     stats["bits_per_weight"] = 16.0
     if config.mode == "sparse":
         # Only sparse transfer stays compressed (freeze keeps pretrained values at pruned positions): the same
@@ -435,20 +587,27 @@ def run_finetune(
         "head": head,
         "task": config.task,
         "mode": config.mode,
+        "objective": objective,
+        "split": split,
         "invariants": invariants,
         "stats": stats,
         "eval": {
             "path": str(eval_path),
-            "primary_metric": evaluation.primary_metric,
-            "metrics": evaluation.metrics,
+            "primary_metric": validation.primary_metric,
+            "metrics": validation.metrics,
             "n": len(eval_items),
         },
     }
     if masks:
         header["masks"] = {name: list(keep.shape) for name, keep in masks.items()}
     write_artifact(path, header, tensors)
+    transfer_extra = {
+        "objective": objective,
+        "train_ids": [item.id for item in train_items],
+        "split": {k: v for k, v in split.items() if not k.endswith("_sha256")},
+    }
     eval_path, eval_record = _eval_record(
-        ref, path, header, task, config, len(train_data), eval_items, evaluation
+        ref, path, header, config, len(train_data), validation, transfer_extra
     )
     eval_path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(eval_path, eval_record)

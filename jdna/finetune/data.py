@@ -1,5 +1,8 @@
 """Training and evaluation data for fine-tuning: tokenised classification examples and a seeded batch order.
 
+The answer-token data of multiple-choice and QA tasks on a causal LM lives in `jdna.finetune.lm`; both
+implement `TrainData`, which is all the training loop sees.
+
 The order of the examples in epoch ``e`` is a permutation drawn from a generator seeded with
 ``(seed, e)``, so the batch for any optimizer step can be recomputed from the step number alone: resuming
 from a checkpoint needs no data-loader state.
@@ -9,11 +12,29 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from jdna.tasks import Item, Task
+
+
+class TrainData(Protocol):
+    """What the training loop needs of its examples (`Encoded`, `jdna.finetune.lm.LMEncoded`)."""
+
+    def __len__(self) -> int: ...
+
+    def collate(self, indices: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
+        """The model inputs of these examples, padded into one batch."""
+        ...
+
+    def units(self, indices: Sequence[int]) -> int:
+        """How many loss units (examples, answer tokens) these examples hold."""
+        ...
+
+    def loss(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The mean loss per unit over `batch` (a float32 scalar)."""
+        ...
 
 
 @dataclass
@@ -28,6 +49,18 @@ class Encoded:
 
     def __len__(self) -> int:
         return len(self.input_ids)
+
+    # The training loop's view of its data (shared with `jdna.finetune.lm.LMEncoded`): a batch, how many
+    # loss units (here: examples) a batch holds, and the mean loss over those units.
+
+    def collate(self, indices: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
+        return collate(self, indices, pad_id)
+
+    def units(self, indices: Sequence[int]) -> int:
+        return len(indices)
+
+    def loss(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return model(**batch).loss.float()
 
 
 def is_regression(task: Task) -> bool:

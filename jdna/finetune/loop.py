@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from jdna.finetune.checkpoint import read_checkpoint, restore_checkpoint, save_checkpoint
-from jdna.finetune.data import Encoded, Schedule, collate
+from jdna.finetune.data import Schedule, TrainData
 from jdna.finetune.masking import MaskEnforcer
 from jdna.progress import Reporter
 
@@ -108,7 +108,7 @@ def _format_eta(seconds: float) -> str:
 
 def train(
     model: nn.Module,
-    data: Encoded,
+    data: TrainData,
     schedule: Schedule,
     enforcer: MaskEnforcer,
     settings: TrainSettings,
@@ -151,16 +151,19 @@ def train(
             order_epoch, order = epoch, schedule.order(epoch)
         batches = schedule.step_batches(step, order)
         n_step = sum(len(b) for b in batches)
+        # The step's loss is the mean over its loss units (examples; answer tokens for the LM objective),
+        # whatever the split into micro-batches: each micro-batch's mean is weighted by its share of units.
+        step_units = sum(data.units(b) for b in batches)
         lr = lr_at(step, total, settings.lr, settings.warmup)
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.zero_grad(set_to_none=True)
         step_loss = 0.0
         for indices in batches:
-            batch = {k: v.to(device) for k, v in collate(data, indices, pad_id).items()}
+            batch = {k: v.to(device) for k, v in data.collate(indices, pad_id).items()}
             with autocast:
-                loss = model(**batch).loss.float()
-            weight = len(indices) / n_step
+                loss = data.loss(model, batch)
+            weight = data.units(indices) / step_units
             (loss * weight).backward()
             step_loss += float(loss.detach()) * weight
         enforcer.mask_gradients()
