@@ -32,17 +32,31 @@ S1_FLAGS ?= --epochs 3 --lr 2e-4 --max-length 128 --eval-limit 500
 S2_MODEL ?= $(LM)
 S2_TASK ?= bigbench:abstract_narrative_understanding/4_distractors
 S2_OPTIONS ?= 2 3 4 5
-# Setting 3: context length in retrieval-augmented QA (TriviaQA evidence needs the hub).
+# Setting 3: context length in retrieval-augmented QA, offline by default: BIG-bench disfl_qa (SQuAD 2.0
+# passages split off as each item's evidence; primary metric token F1), with S3_CONTEXT model tokens of
+# passage around the answer (0 = closed book). Hub alternative: S3_TASK=trivia_qa (TriviaQA rc evidence).
 S3_MODEL ?= $(LM)
-S3_TASK ?= trivia_qa
-S3_CONTEXT ?= 0 64 128 256
+S3_TASK ?= bigbench:disfl_qa
+S3_CONTEXT ?= 0 32 64 128
+S3_FLAGS ?= --shots 3
 # Setting 4: k-shot in-context learning.
 S4_MODEL ?= $(LM)
 S4_TASK ?= mmlu
 S4_SHOTS ?= 0 1 3 5
-# Setting 5: human–LLM gap across tasks (GLUE needs the hub; the shipped human baselines cover GLUE, CSQA, MMLU).
+# Setting 5: human–LLM gap across tasks (difficulty = (human − dense)/dense from jdna/data/human_baselines.csv).
+# Offline by default (S5_KIND=eval): S5_MODEL evaluated zero-shot on BIG-bench multiple-choice tasks with
+# BIG-bench human-rater baselines. S5_KIND=finetune: the GLUE variant (needs the hub), fine-tuning an encoder
+# on each task, e.g. make setting5 S5_KIND=finetune S5_MODEL=roberta-base S5_TASKS="sst2 qnli mrpc rte cola"
+# (S5_FLAGS go to `jdna finetune` only).
+S5_KIND ?= eval
+ifeq ($(S5_KIND),finetune)
 S5_MODEL ?= $(ENCODER)
 S5_TASKS ?= sst2 qnli mrpc rte cola
+else
+S5_MODEL ?= $(LM)
+S5_TASKS ?= bigbench:vitaminc_fact_verification bigbench:goal_step_wikihow bigbench:hyperbaton \
+	bigbench:bbq_lite_json bigbench:temporal_sequences
+endif
 S5_FLAGS ?= --train-fraction 0.1
 # Setting 6: factoid (generative) vs multiple-choice QA.
 S6_MODEL ?= $(LM)
@@ -123,12 +137,13 @@ $(R)/setting2/records.jsonl: | install data
 	  done; done
 	mv $@.tmp $@
 
-$(R)/setting3/records.jsonl: | install
+$(R)/setting3/records.jsonl: | install data
 	@mkdir -p $(@D); : > $@.tmp
 	for c in $(S3_CONTEXT); do \
-	  $(JDNA) eval $(S3_MODEL) --task $(S3_TASK) --context-tokens $$c --limit $(LIMIT) >> $@.tmp; \
+	  $(JDNA) eval $(S3_MODEL) --task $(S3_TASK) --context-tokens $$c --limit $(LIMIT) $(S3_FLAGS) >> $@.tmp; \
 	  for s in $(SPARSITIES); do \
-	    $(JDNA) prune $(S3_MODEL) -s $$s --method $(METHOD) | $(JDNA) eval --task $(S3_TASK) --context-tokens $$c --limit $(LIMIT) >> $@.tmp; \
+	    $(JDNA) prune $(S3_MODEL) -s $$s --method $(METHOD) \
+	      | $(JDNA) eval --task $(S3_TASK) --context-tokens $$c --limit $(LIMIT) $(S3_FLAGS) >> $@.tmp; \
 	  done; done
 	mv $@.tmp $@
 
@@ -141,13 +156,23 @@ $(R)/setting4/records.jsonl: | install
 	  done; done
 	mv $@.tmp $@
 
-$(R)/setting5/records.jsonl: | install
+$(R)/setting5/records.jsonl: | install $(if $(filter finetune,$(S5_KIND)),,data)
 	@mkdir -p $(@D); : > $@.tmp
+ifeq ($(S5_KIND),finetune)
 	for t in $(S5_TASKS); do \
 	  $(JDNA) finetune $(S5_MODEL) --task $$t --mode dense $(S5_FLAGS) >> $@.tmp; \
 	  for s in $(SPARSITIES); do \
 	    $(JDNA) prune $(S5_MODEL) -s $$s --method $(METHOD) | $(JDNA) finetune --task $$t --mode sparse $(S5_FLAGS) >> $@.tmp; \
 	  done; done
+else ifeq ($(S5_KIND),eval)
+	for t in $(S5_TASKS); do \
+	  $(JDNA) eval $(S5_MODEL) --task $$t --limit $(LIMIT) >> $@.tmp; \
+	  for s in $(SPARSITIES); do \
+	    $(JDNA) prune $(S5_MODEL) -s $$s --method $(METHOD) | $(JDNA) eval --task $$t --limit $(LIMIT) >> $@.tmp; \
+	  done; done
+else
+	@echo "S5_KIND=$(S5_KIND): use S5_KIND=eval (BIG-bench, offline) or S5_KIND=finetune (GLUE, hub)" >&2; exit 2
+endif
 	mv $@.tmp $@
 
 $(R)/setting6/records.jsonl: | install data

@@ -427,3 +427,132 @@ def test_cli_difficulty_bad_input_exits_2(tmp_path: Path) -> None:
     assert result.code == 2 and "does not exist" in result.stderr
     result = run("difficulty", str(directory), "--axis", "nonsense")
     assert result.code == 2 and "unknown difficulty axis" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------------
+# BIG-bench human baselines (shipped rows and the script that extracts them)
+
+
+def _extract_script() -> Any:
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "extract_bigbench_human.py"
+    spec = importlib.util.spec_from_file_location("extract_bigbench_human", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _bigbench_pickle(table: dict[str, Any]) -> bytes:
+    """A pickle naming the globals BIG-bench's numpy 1.x wrote (numpy.core.multiarray.scalar, numpy.dtype)."""
+    import pickle
+
+    data = pickle.dumps(table, protocol=3)  # GLOBAL opcodes: newline-terminated names, safe to rename
+    data = data.replace(b"cnumpy._core.multiarray\nscalar\n", b"cnumpy.core.multiarray\nscalar\n")
+    assert b"numpy.core.multiarray\nscalar" in data and b"_core" not in data
+    return data
+
+
+HUMAN_EVAL = {
+    "average": {"alpha": {"multiple_choice_grade": np.float64(62.5), "bleu": np.float64(3.0)},
+                "beta": {"exact_str_match": np.float64(12.25), "normalized_aggregate_score": np.float64(9.0)}},
+    "expert": {"alpha": {"multiple_choice_grade": np.float64(90.0)},
+               "beta": {"exact_str_match": np.float64(40.0)}},
+}
+
+
+def test_shipped_bigbench_baselines_are_cited_fractions() -> None:
+    rows = [b for b in shipped_baselines() if b.task.startswith("bigbench:")]
+    assert len(rows) >= 100
+    assert {b.metric for b in rows} == {"acc", "exact_match"}
+    assert all(0.0 <= b.human <= 1.0 for b in rows)
+    assert all("Srivastava et al. (2022)" in b.citation and "task_human_eval.pkl" in b.citation for b in rows)
+    assert all("expert (max) rater" in b.note or b.note.endswith("no expert") for b in rows)
+    assert len({(b.task, b.metric) for b in rows}) == len(rows)
+    table = BaselineTable.load()
+    assert table.get("bigbench:general_knowledge", "acc").human == pytest.approx(0.8345)
+    assert table.get("bigbench:hyperbaton", "acc_norm").human == pytest.approx(0.7474)  # accuracy aliases
+    assert table.get("bigbench:disfl_qa", "exact_match").human == pytest.approx(0.2083)
+    assert "31.08%" in table.get("bigbench:abstract_narrative_understanding", "acc").note
+    # The GLUE/CSQA/MMLU rows are still there, and BIG-bench rows carry jdna's record names.
+    assert table.get("mmlu", "acc").human == pytest.approx(0.898)
+    assert table.get("general_knowledge", "acc") is None
+
+
+def test_across_bigbench_tasks_uses_shipped_human_raters() -> None:
+    records = []
+    for task, dense in (("bigbench:general_knowledge", 0.60), ("bigbench:hyperbaton", 0.50)):
+        records += [eval_record(task, acc=dense, shots=None),
+                    eval_record(task, acc=dense * 0.9, kind="pruned", level=0.5, shots=None)]
+    (group,) = analyse(records, n_resamples=50).groups
+    level = group["levels"][0]
+    assert group["axis"] == "gap:harder=higher"
+    # Easiest first: general_knowledge's gap (0.8345 − 0.6)/0.6 = 0.391 < hyperbaton's (0.7474 − 0.5)/0.5 = 0.495.
+    assert level["labels"] == ["bigbench:general_knowledge", "bigbench:hyperbaton"]
+    assert level["difficulties"] == pytest.approx([(0.8345 - 0.6) / 0.6, (0.7474 - 0.5) / 0.5])
+    assert "Beyond the Imitation Game" in group["baselines"]["bigbench:hyperbaton"]
+
+
+def test_extract_bigbench_human_rows_from_restricted_pickle(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import csv
+    import io
+    import tarfile
+
+    extract = _extract_script()
+    table = extract.load_human_eval(_bigbench_pickle(HUMAN_EVAL))
+    assert table["average"]["alpha"]["multiple_choice_grade"] == 62.5
+    assert type(table["expert"]["beta"]["exact_str_match"]) is float
+    rows = extract.rows(table)
+    assert [(r["task"], r["metric"], r["human"]) for r in rows] == [
+        ("bigbench:alpha", "acc", "0.6250"), ("bigbench:beta", "exact_match", "0.1225")]
+    assert "expert (max) rater 90.00% = 0.9000" in rows[0]["note"]
+    assert extract.rows(table, lambda name, kind: name == "beta") == rows[1:]
+
+    # From an sdist tarball, as `python scripts/extract_bigbench_human.py --sdist ... --all` reads it.
+    sdist = tmp_path / "bigbench-1.0.0.tar.gz"
+    payload = _bigbench_pickle(HUMAN_EVAL)
+    with tarfile.open(sdist, "w:gz") as tar:
+        info = tarfile.TarInfo("bigbench-1.0.0/bigbench/benchmark_tasks/task_human_eval.pkl")
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+    assert extract.main(["--sdist", str(sdist), "--all"]) == 0
+    printed = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [(r["task"], r["metric"], float(r["human"])) for r in printed] == [
+        ("bigbench:alpha", "acc", 0.625), ("bigbench:beta", "exact_match", 0.1225)]
+    csv_file = tmp_path / "rows.csv"  # the printed rows are a valid jdna baseline table
+    csv_file.write_text("task,metric,human,citation,note\n" + "".join(
+        f'{r["task"]},{r["metric"]},{r["human"]},"{r["citation"].replace(chr(34), chr(34) * 2)}",x\n' for r in printed))
+    assert BaselineTable.load(csv_file).get("bigbench:alpha", "acc_norm").human == 0.625
+
+
+@pytest.mark.parametrize(
+    "payload, named",
+    [
+        # protocol 3: GLOBAL 'os system', then ('echo',) and REDUCE -- os.system('echo') if it were resolved
+        (b"\x80\x03cos\nsystem\nX\x04\x00\x00\x00echo\x85R.", "os.system"),
+        # protocol 4: STACK_GLOBAL builtins.eval applied to '1'
+        (b"\x80\x04\x8c\x08builtins\x8c\x04eval\x93\x8c\x011\x85R.", "builtins.eval"),
+        # an allowed module with another name
+        (b"\x80\x03cnumpy.core.multiarray\n_reconstruct\n.", "numpy.core.multiarray._reconstruct"),
+    ],
+)
+def test_restricted_unpickler_refuses_other_globals(
+    payload: bytes, named: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import builtins
+    import io
+    import os
+    import pickle
+    import pickletools
+
+    extract = _extract_script()
+    called: list[Any] = []
+    monkeypatch.setattr(os, "system", lambda *a: called.append(a) or 0)
+    monkeypatch.setattr(builtins, "eval", lambda *a: called.append(a))
+    pickletools.dis(payload, out=io.StringIO())  # well-formed pickle bytes, so only find_class can refuse them
+    with pytest.raises(pickle.UnpicklingError, match=named.replace(".", r"\.")):
+        extract.load_human_eval(payload)
+    assert called == []

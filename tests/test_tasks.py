@@ -227,6 +227,184 @@ def test_bigbench_split_is_seeded_and_stable(bigbench: Path) -> None:
     assert {i.id for i in first.train_items} != {i.id for i in other.train_items}
 
 
+# A BIG-bench QA task shaped like disfl_qa: "<question>  \ncontext: <passage> " with a span target.
+CTX_PASSAGES = [
+    ("the king of the city was red", "who was red", "king"),
+    ("a river runs to the mountain in the blue country", "where does the river run", "mountain"),
+    ("one dog and two cat play a game of music", "how many dog", "one"),
+    ("the queen read a story of science and history", "what did the queen read", "story"),
+    ("seven green letter write a number", "what colour is the letter", "green"),
+]
+
+
+def ctx_examples() -> list[dict[str, Any]]:
+    examples = [
+        {"input": f"{question} ?  \ncontext: {passage} ", "target": answer}
+        for passage, question, answer in CTX_PASSAGES * 2
+    ]
+    for i, example in enumerate(examples[5:], 5):
+        example["input"] = f"{i} " + example["input"]  # distinct inputs, so none is deduplicated
+    examples.append({"input": "  \ncontext: nine ten river ", "target": "unknown"})  # no question, as in disfl_qa
+    return examples
+
+
+@pytest.fixture
+def context_tasks(bigbench: Path) -> Path:
+    write_task(
+        bigbench / "ctx_qa",
+        {
+            "metrics": ["exact_str_match"],
+            "example_input_prefix": "\nQuestion: ",
+            "example_output_prefix": "\nAnswer: ",
+            "examples": ctx_examples(),
+        },
+    )
+    # bridging_anaphora_resolution_barqa's shape: the input prefix opens the passage, a Question: line ends it.
+    write_task(
+        bigbench / "ctx_prefix",
+        {
+            "metrics": ["exact_str_match"],
+            "example_input_prefix": "\nContext: ",
+            "example_output_prefix": "\nAnswer: ",
+            "examples": [
+                {"input": f"{passage}\nQuestion: {question}?", "target": [answer]}
+                for passage, question, answer in CTX_PASSAGES
+            ],
+        },
+    )
+    partial = ctx_examples()[:4] + [{"input": "no section here", "target": "x"}]
+    write_task(bigbench / "ctx_partial", {"metrics": ["exact_str_match"], "examples": partial})
+    passage_only = [{"input": f"Context: {p}", "target": a} for p, _, a in CTX_PASSAGES]
+    write_task(bigbench / "ctx_passage_only", {"metrics": ["exact_str_match"], "examples": passage_only})
+    mc_with_context = [
+        {"input": f"{q}?\ncontext: {p}", "target": a, "target_scores": {a: 1, "nothing": 0}}
+        for p, q, a in CTX_PASSAGES
+    ]
+    write_task(
+        bigbench / "ctx_mc", {"metrics": ["multiple_choice_grade", "exact_str_match"], "examples": mc_with_context}
+    )
+    return bigbench
+
+
+def test_bigbench_context_section_becomes_item_context(context_tasks: Path) -> None:
+    task = load_task("bigbench:ctx_qa")
+    assert task.kind == "generation" and task.knobs == ["shots", "context"]
+    assert task.metrics == ["f1", "exact_match"]  # span QA: token F1 first
+    pool = {item.id: item for item in task.items + task.train_items}
+    assert len(pool) == 11
+    first = pool["ctx_qa/0"]
+    assert first.question == "who was red ?" and first.answers == ["king"]
+    in_train = first in task.train_items
+    assert first.context == (None if in_train else "the king of the city was red")
+    evaluated = {item.id: item for item in task.items}
+    for item in task.items:
+        index = int(item.id.rsplit("/", 1)[1])
+        if index == 10:
+            assert (item.question, item.context) == ("", "nine ten river")
+            continue
+        passage, question, answer = CTX_PASSAGES[index % 5]
+        assert item.context == passage and item.answers == [answer]
+        assert item.question == (f"{index} " if index >= 5 else "") + f"{question} ?"
+    # Demonstrations are closed book, as trivia_qa's train pool; the passage is kept in meta.
+    assert task.train_items and all(item.context is None for item in task.train_items)
+    passages = {p for p, _, _ in CTX_PASSAGES} | {"nine ten river"}
+    assert all(item.meta["context"] in passages for item in task.train_items)
+    assert "split off as the evidence document" in task.provenance
+
+    item = next(i for i in evaluated.values() if i.question)
+    full = format_prompt(task, item)
+    assert full == f"\ncontext: {item.context}\nQuestion: {item.question}\nAnswer:"
+    assert format_prompt(task, apply_context_window([item], 0)[0]) == f"\nQuestion: {item.question}\nAnswer:"
+    shot = task.train_items[0]
+    with_shot = format_prompt(task, item, [shot])
+    assert with_shot == f"\nQuestion: {shot.question}\nAnswer: {shot.answers[0]}\n" + full
+
+
+def test_bigbench_context_knob_cuts_the_passage_around_the_answer(context_tasks: Path) -> None:
+    task = load_task("bigbench:ctx_qa")
+    answerable = [item for item in task.items if item.answers != ["unknown"]]
+    cut = apply_context_window(answerable, 2, seed=0)
+    for before, after in zip(answerable, cut, strict=True):
+        assert after.meta["answer_in_context"] is True
+        assert len(after.context.split()) == 2 and after.answers[0] in after.context.split()
+        assert after.context in before.context
+        assert format_prompt(task, after) == f"\ncontext: {after.context}\nQuestion: {after.question}\nAnswer:"
+    unknown = apply_context_window([i for i in task.items if i.answers == ["unknown"]], 2)
+    assert [(i.context, i.meta["answer_in_context"]) for i in unknown] == [("nine ten", False)]
+    # The eval path accepts --context-tokens for it (and still refuses it where there is no passage).
+    from jdna.evaluation import EvalConfig, prepare
+
+    prepared = prepare(EvalConfig(task="bigbench:ctx_qa", context_tokens=2, limit=4))
+    assert len(prepared.items) == 4 and all(item.context for item in prepared.items)
+    with pytest.raises(JdnaError, match="needs context documents"):
+        prepare(EvalConfig(task="bigbench:gen_task", context_tokens=2))
+
+
+def test_eval_cli_on_bigbench_context_task(
+    context_tasks: Path, tiny_llama: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from jdna.commands.app import main
+
+    def eval_record(context_tokens: int) -> dict[str, Any]:
+        args = ["eval", str(tiny_llama), "--task", "bigbench:ctx_qa", "--context-tokens", str(context_tokens)]
+        assert main([*args, "--max-new-tokens", "3"]) == 0
+        lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+        assert len(lines) == 1
+        return json.loads(lines[0])
+
+    task = load_task("bigbench:ctx_qa")
+    answerable = sum(item.answers != ["unknown"] for item in task.items) / len(task.items)
+    record = eval_record(3)
+    assert record["task"] == "bigbench:ctx_qa" and record["knobs"]["context_tokens"] == 3
+    assert record["primary_metric"] == "f1" and set(record["metrics"]) == {"f1", "exact_match"}
+    assert record["n"] == len(task.items) and record["answer_in_context"] == pytest.approx(answerable, abs=1e-6)
+    assert 0.0 <= record["metrics"]["exact_match"]["value"] <= record["metrics"]["f1"]["value"] <= 1.0
+    closed = eval_record(0)
+    assert closed["answer_in_context"] == 0.0 and closed["id"] != record["id"]
+
+
+def test_bigbench_context_label_in_input_prefix_keeps_bigbench_prompt(context_tasks: Path) -> None:
+    task = load_task("bigbench:ctx_prefix", train_fraction=0.2)
+    assert task.knobs == ["shots", "context"]
+    for item in task.items:
+        passage, question, _ = next(row for row in CTX_PASSAGES if row[0] == item.context)
+        assert item.question == f"Question: {question}?"
+        # With the whole passage the prompt is BIG-bench's own: prefix + input + output prefix.
+        assert format_prompt(task, item) == f"\nContext: {passage}\nQuestion: {question}?\nAnswer:"
+        closed = apply_context_window([item], 0)[0]
+        assert format_prompt(task, closed) == f"\nQuestion: {question}?\nAnswer:"
+
+
+def test_bigbench_tasks_without_a_clean_context_section_stay_whole(context_tasks: Path) -> None:
+    for name in ("ctx_partial", "ctx_passage_only"):
+        task = load_task(f"bigbench:{name}")
+        assert task.kind == "generation" and task.knobs == ["shots"] and task.metrics == ["exact_match", "f1"]
+        assert all(item.context is None for item in task.items + task.train_items)
+    whole = load_task("bigbench:ctx_partial")
+    partial = {i.id: i for i in whole.items + whole.train_items}
+    assert partial["ctx_partial/0"].question == f"{CTX_PASSAGES[0][1]} ?  \ncontext: {CTX_PASSAGES[0][0]} "
+    mc = load_task("bigbench:ctx_mc")  # multiple choice: never split
+    assert mc.kind == "multiple_choice" and all(i.context is None for i in mc.items + mc.train_items)
+    as_generation = load_task("bigbench:ctx_mc", as_kind="generation")
+    assert as_generation.knobs == ["shots", "context"]
+    assert {i.context for i in as_generation.items + as_generation.train_items} - {None} <= {
+        p for p, _, _ in CTX_PASSAGES
+    }
+
+
+def test_split_context_edges() -> None:
+    from jdna.tasks.bigbench import split_context
+
+    assert split_context("q?  \ncontext: p ") == ("q?", "p", "context:")
+    assert split_context("\nQuestion: q?\nContext: p") == ("Question: q?", "p", "Context:")
+    assert split_context("Context: p \nQuestion: q") == ("Question: q", "p", "Context:")
+    assert split_context("p1 p2\nQuestion: of what?", label_in_prefix=True) == ("Question: of what?", "p1 p2", "")
+    assert split_context("no section") is None
+    assert split_context("q\ncontext:   ") is None  # empty passage
+    assert split_context("q\ncontext: a\ncontext: b") is None  # two sections
+    assert split_context("it is in context: here") is None  # not at a line start
+
+
 # ---------------------------------------------------------------------------------------------------
 # MMLU
 

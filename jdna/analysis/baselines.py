@@ -1,10 +1,16 @@
 """Published human baselines, and the across-task difficulty they give: the normalised human–LLM gap.
 
 The shipped table (jdna/data/human_baselines.csv) holds only figures with a citation: the GLUE human row
-of Nangia & Bowman (2019), CommonsenseQA (Talmor et al., 2019) and MMLU's estimated expert accuracy
-(Hendrycks et al., 2021). BIG-bench task files carry no human scores, so BIG-bench tasks need a user table
-(`--baselines FILE`), whose rows override the shipped ones. Scores are on the scale of jdna's metrics:
-fractions (88.9% is 0.889).
+of Nangia & Bowman (2019), CommonsenseQA (Talmor et al., 2019), MMLU's estimated expert accuracy
+(Hendrycks et al., 2021), and BIG-bench's human raters (Srivastava et al., 2022) for the BIG-bench tasks
+jdna loads from its local tree. The BIG-bench task.json files carry no human scores; the raters' scores ship
+as `task_human_eval.pkl` in the bigbench 1.0.0 sdist, and scripts/extract_bigbench_human.py turned them into
+CSV rows once (reading the pickle with an unpickler that resolves only numpy's scalar and dtype): `task` is
+the spec jdna records carry (`bigbench:NAME`), `metric` is `acc` for BIG-bench's multiple_choice_grade and
+`exact_match` for exact_str_match, `human` the average rater, and the note gives the expert (max) rater.
+jdna never unpickles anything at run time. Other tasks, and BIG-bench subtasks (the raters scored whole
+tasks), need a user table (`--baselines FILE`), whose rows override the shipped ones. Scores are on the
+scale of jdna's metrics: fractions (88.9% is 0.889).
 """
 
 from __future__ import annotations

@@ -17,6 +17,20 @@ Semantics follow bigbench/api/json_task.py (v1.0.0) so prompts match the publish
 - a task.json without `examples` is a composite task whose subtasks are its subdirectories; loading
   it pools all subtasks (item.group = subtask) when they share one kind and prompt format.
 
+Evidence sections. A generation task whose every input holds one labelled evidence section -- a line
+starting "context:" (any case), e.g. disfl_qa's "<question>  \\ncontext: <passage>", or an
+example_input_prefix ending in "Context:" followed by the passage and a "\\nQuestion: ..." line
+(bridging_anaphora_resolution_barqa) -- is split the way trivia_qa is loaded: `item.context` is the
+passage (up to the next "Question:"/"Q:" line or the end), `item.question` the rest, and the task
+reports the `context` knob, so `--context-tokens N` cuts the passage to N tokens around the answer
+(0 = closed book). Its primary metric is token F1, exact match second (see load_bigbench).
+The prompt renders the evidence first, as for trivia_qa, with the task's own label and the input
+prefix's leading newline: "\\ncontext: <passage>" + "\\nQuestion: <question>" + "\\nAnswer:" (disfl_qa);
+when the input prefix is the label, the full-context prompt is BIG-bench's own. Demonstrations are
+shown closed book, as for trivia_qa: train items keep their passage only in meta["context"]. A task
+where any input lacks the section or has an empty passage, or where no input has text besides its
+passage, is left whole; multiple-choice tasks are never split (as_kind="generation" splits them).
+
 BIG-bench has no training split, so the train pool (demonstrations, fine-tuning) is carved from the
 examples: `train_fraction` (default 0.2) of them, chosen by a seeded hash of their ids
 (jdna.tasks.base.carve_split); the rest are evaluated.
@@ -28,8 +42,10 @@ labels are that set, in the order of the first example, for fine-tuning classifi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +138,66 @@ def _prompt_format(data: dict[str, Any]) -> PromptFormat:
     )
 
 
+# A labelled evidence section inside an input: "context:" at the start of the input or of a line.
+_CONTEXT_LABEL = re.compile(r"(?:^|\n)[ \t]*(context[ \t]*:)[ \t]*", re.IGNORECASE)
+# The section ends where the question's own labelled line starts, else at the end of the input.
+_QUESTION_LABEL = re.compile(r"\n[ \t]*(?:question|q)[ \t]*:", re.IGNORECASE)
+
+
+def _label_in_prefix(data: dict[str, Any]) -> bool:
+    """Whether the input prefix itself opens the evidence section ("\\nContext: " + passage + ...)."""
+    prefix = str(data.get("example_input_prefix", "\nQ: "))
+    return prefix.rstrip().lower().endswith("context:")
+
+
+def split_context(text: str, label_in_prefix: bool = False) -> tuple[str, str, str] | None:
+    """(question, context, label) of an input with one evidence section, or None.
+
+    The section starts after a "context:" label (or at the input's start when `label_in_prefix`) and runs
+    to the next "Question:"/"Q:" line or the end of the input; the question is the rest of the input,
+    its parts joined by a newline (it may be empty: one disfl_qa input is only a passage). None when there
+    is no such section, more than one, or the passage is empty.
+    """
+    if label_in_prefix:
+        start = body = 0
+        label = ""
+    else:
+        found = list(_CONTEXT_LABEL.finditer(text))
+        if len(found) != 1:
+            return None
+        start, body, label = found[0].start(), found[0].end(), found[0].group(1)
+    end_match = _QUESTION_LABEL.search(text, body)
+    end = end_match.start() if end_match else len(text)
+    context = text[body:end].strip()
+    question = "\n".join(part for part in (text[:start].strip(), text[end:].strip()) if part)
+    if not context:
+        return None
+    return question, context, label
+
+
+def _context_format(data: dict[str, Any]) -> PromptFormat | None:
+    """The prompt format with the evidence section split out, or None when the leaf is not split."""
+    examples = data["examples"]
+    in_prefix = _label_in_prefix(data)
+    splits = [split_context(str(example["input"]), in_prefix) for example in examples]
+    found = [split for split in splits if split is not None]
+    if not found or len(found) < len(splits) or not any(question for question, _, _ in found):
+        return None  # some input has no evidence section, or the passage is the whole input
+    fmt = _prompt_format(data)
+    if in_prefix:
+        # "\nContext: " + passage + "\nQuestion: ...": the prefix opens the evidence, a newline the question.
+        return dataclasses.replace(fmt, context_prefix=fmt.input_prefix, context_suffix="", input_prefix="\n")
+    # The evidence takes the input prefix's leading newline and the task's own label ("\ncontext: "); the
+    # question then follows on its own line.
+    label = re.sub(r"\s", "", found[0][2])
+    lead = fmt.input_prefix[: len(fmt.input_prefix) - len(fmt.input_prefix.lstrip())]
+    return dataclasses.replace(
+        fmt,
+        context_prefix=f"{lead}{label} ",
+        context_suffix="" if fmt.input_prefix.startswith("\n") else "\n",
+    )
+
+
 def _dedupe(examples: list[Any]) -> list[dict[str, Any]]:
     seen: set[str] = set()
     distinct = []
@@ -177,15 +253,30 @@ def _fixed_labels(name: str, examples: list[dict[str, Any]]) -> list[str]:
 
 
 def _leaf_items(
-    name: str, data: dict[str, Any], kind: str, labels: list[str] | None, group: str | None
+    name: str,
+    data: dict[str, Any],
+    kind: str,
+    labels: list[str] | None,
+    group: str | None,
+    split: bool = False,
 ) -> tuple[list[Item], int]:
-    """Items of one task.json with examples; also how many invalid examples were skipped."""
+    """Items of one task.json with examples; also how many invalid examples were skipped.
+
+    With `split` (a generation leaf that `_context_format` accepted) each input's evidence section
+    becomes `item.context` and the rest `item.question`.
+    """
     examples = data["examples"]
+    in_prefix = _label_in_prefix(data)
     items: list[Item] = []
     skipped = 0
     for index, example in enumerate(examples):
         item_id = f"{name}/{index}"
         text = str(example["input"])
+        context = None
+        if split:
+            parts = split_context(text, in_prefix)
+            assert parts is not None  # _context_format checked every example
+            text, context = parts[0], parts[1]
         scores = example.get("target_scores")
         if kind == "generation":
             target = example.get("target")
@@ -200,7 +291,7 @@ def _leaf_items(
             if not answers:
                 skipped += 1
                 continue
-            items.append(Item(id=item_id, question=text, answers=answers, group=group))
+            items.append(Item(id=item_id, question=text, answers=answers, context=context, group=group))
             continue
         gold = _gold_index(scores)
         if gold is None:
@@ -278,6 +369,19 @@ def load_bigbench(
             f"bigbench:{name} pools subtasks of different kinds: load one of them instead, e.g. {options}"
         )
     kind = next(iter(kinds.values()))
+    # Generation leaves with an evidence section in every input are split (see the module docstring).
+    context_formats = {
+        leaf: _context_format(data) if kind == "generation" else None for leaf, data in leaves
+    }
+    split = {leaf: fmt is not None for leaf, fmt in context_formats.items()}
+    formats = {context_formats[leaf] or _prompt_format(data) for leaf, data in leaves}
+    if len(formats) > 1:
+        shown = ", ".join(
+            f"bigbench:{leaf} ({'with' if split[leaf] else 'without'} a context section)" for leaf, _ in leaves[:4]
+        )
+        raise JdnaError(
+            f"bigbench:{name} pools subtasks whose context sections differ: load one of them instead, e.g. {shown}"
+        )
     labels = None
     if kind == "classification":
         label_sets = {tuple(_fixed_labels(leaf, data["examples"])) for leaf, data in leaves}
@@ -293,7 +397,7 @@ def load_bigbench(
     skipped = 0
     for leaf, data in leaves:
         group = leaf[len(name) + 1 :] if leaf != name else None
-        leaf_items, leaf_skipped = _leaf_items(leaf, data, kind, labels, group)
+        leaf_items, leaf_skipped = _leaf_items(leaf, data, kind, labels, group, split[leaf])
         if len(leaves) > 1 and str(data.get("task_prefix", "")) != shared_prefix:
             for item in leaf_items:
                 item.prompt_prefix = str(data.get("task_prefix", ""))
@@ -303,6 +407,12 @@ def load_bigbench(
         raise JdnaError(f"bigbench:{name} has no usable examples: pick another task")
 
     evaluation, train = carve_split(items, train_fraction, split_seed)
+    with_context = any(split.values())
+    if with_context:
+        # Demonstrations are shown closed book, as trivia_qa's: --context-tokens cuts only the query's
+        # passage, so demonstrations with whole passages would make the prompt longer at every context
+        # size and the knob less clean. The passage stays in meta["context"].
+        train = [dataclasses.replace(item, context=None, meta={**item.meta, "context": item.context}) for item in train]
     top = leaves[0][1] if len(leaves) == 1 else _read_json(base / name / TASK_FILE)
     provenance = (
         f"BIG-bench {name}: {len(items)} distinct examples; train pool = {len(train)} carved by "
@@ -311,7 +421,12 @@ def load_bigbench(
     )
     if skipped:
         provenance += f"; {skipped} examples without a single best option skipped"
-    metrics = list(DEFAULT_METRICS[kind])
+    if with_context:
+        provenance += "; each input's context section split off as the evidence document (demonstrations closed book)"
+    # Span QA over a passage is scored primarily by SQuAD token F1, as SQuAD (disfl_qa's source) and
+    # TriviaQA-style context studies report it: exact match of a small LM is 0 at short contexts, which
+    # leaves normalised performance (compressed / dense) undefined. Exact match is still recorded.
+    metrics = ["f1", "exact_match"] if with_context else list(DEFAULT_METRICS[kind])
     return Task(
         name=f"bigbench:{name}",
         kind=kind,
@@ -320,6 +435,7 @@ def load_bigbench(
         train_items=train,
         labels=labels,
         metrics=metrics,
+        knobs=["shots", "context"] if with_context else [],
         prompt_prefix=shared_prefix,
         description=str(top.get("description", "")),
         prompt_format=formats.pop(),

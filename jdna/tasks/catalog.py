@@ -109,6 +109,27 @@ _BIGBENCH = [
         ("options", "shots"),
         "4-way sentiment of English reviews (as_kind=classification for fine-tuning)",
     ),
+    CatalogEntry(
+        "bigbench:general_knowledge",
+        "multiple_choice",
+        "bigbench",
+        ("options", "shots"),
+        "everyday-knowledge questions, 4-5 options (the demo's setting 2)",
+    ),
+    CatalogEntry(
+        "bigbench:qa_wikidata",
+        "generation",
+        "bigbench",
+        ("shots",),
+        "factoid completion from Wikidata facts (setting 6's factoid side)",
+    ),
+    CatalogEntry(
+        "bigbench:disfl_qa",
+        "generation",
+        "bigbench",
+        ("shots", "context"),
+        "SQuAD 2.0 questions with disfluencies; the passage is the evidence (setting 3 offline, token F1)",
+    ),
 ]
 
 _OTHERS = [
