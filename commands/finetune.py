@@ -9,7 +9,9 @@ import typer
 
 from jdna.commands.common import CliReporter, emit, model_from_stdin, output_path
 from jdna.finetune import MODES, FinetuneConfig, check_model, plan, run_finetune
+from jdna.finetune.distributed import data_parallel, launched_rank
 from jdna.models import resolve
+from jdna.progress import Reporter
 
 
 def finetune(
@@ -42,8 +44,16 @@ def finetune(
     lr: Annotated[
         float | None, typer.Option(help="Peak learning rate (default 5e-5 for encoders, 1e-4 for causal LMs).")
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Examples per micro-batch.")] = 16,
-    grad_accum: Annotated[int, typer.Option(help="Micro-batches per optimizer step.")] = 1,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            help="Examples per micro-batch, in total: under torchrun/accelerate launch with N processes each "
+            "trains on B/N of them, so the run is the same as on one process."
+        ),
+    ] = 16,
+    grad_accum: Annotated[
+        int, typer.Option(help="Micro-batches per optimizer step (a step trains on batch-size x grad-accum examples).")
+    ] = 1,
     max_length: Annotated[
         int,
         typer.Option(help="Tokens per example; longer ones are cut (MC/QA: the prompt from the left, not the answer)."),
@@ -79,6 +89,11 @@ def finetune(
 
     Writes a finetuned artifact (weights + masks) and an eval record of the validation pool. An interrupted
     run (Ctrl-C, SIGTERM) leaves a checkpoint beside the output; the same command resumes from it.
+
+    Data-parallel on several GPUs: `torchrun --nproc_per_node N -m jdna finetune ...` or `accelerate launch
+    --multi_gpu --num_processes N -m jdna finetune ...` (NCCL, one GPU per process; gloo on CPU). --batch-size
+    stays the global micro-batch (each process trains on B/N of it), so N processes run the same training as
+    one; rank 0 alone validates, writes and prints the record.
     """
     config = FinetuneConfig(
         task=task or "",
@@ -98,7 +113,13 @@ def finetune(
     )
     plan(config)  # validate the flags before touching any model or file
     out = output_path(output)
-    ref = resolve(model_from_stdin(model), allow_pickle=allow_pickle)
-    check_model(ref, config)
-    record = run_finetune(ref, config, out, CliReporter("finetune"), force=force)
-    emit(record)
+    main = launched_rank() == 0  # under a launcher only rank 0 logs and prints; the others stay quiet
+    reporter = CliReporter("finetune") if main else Reporter()
+    with data_parallel() as dist:
+        # The launched processes share stdin: rank 0 reads a piped record and passes the model on.
+        spec = dist.broadcast_object(model_from_stdin(model) if main else None) if dist.enabled else model
+        ref = resolve(model_from_stdin(spec), allow_pickle=allow_pickle)
+        check_model(ref, config)
+        record = run_finetune(ref, config, out, reporter, force=force)
+    if main:
+        emit(record)

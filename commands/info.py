@@ -74,6 +74,13 @@ def _describe(ref: ModelRef, matrices: bool) -> tuple[list[str], dict[str, Any]]
             f"positions, {invariants.get('violations', 0)} weight and "
             f"{invariants.get('optimizer_state_violations', 0)} optimizer-state violations"
         )
+    training = header.get("training")
+    if isinstance(training, dict) and int(training.get("world_size") or 1) > 1:
+        replicas = {True: "identical", False: "DIFFERENT"}.get(training.get("replicas_identical"), "not compared")
+        shown.append(
+            f"data-parallel over {training['world_size']} processes ({training.get('backend', '?')}), global "
+            f"micro-batch {training.get('micro_batch', '?')}; replicas {replicas}"
+        )
     evaluation = header.get("eval")
     if isinstance(evaluation, dict) and isinstance(evaluation.get("metrics"), dict):
         shown.append(

@@ -9,6 +9,13 @@ task's evaluation pool, and writes
 
 and returns the stdout record. Interrupted runs leave a checkpoint beside the output and resume from it.
 
+Under ``torchrun`` / ``accelerate launch`` (``WORLD_SIZE`` > 1) the processes train data-parallel
+(`jdna.finetune.distributed`): ``--batch-size`` stays the global micro-batch, each process trains on its shard of
+it, gradients are summed, and the run is the same training as on one process (same steps, same content
+address). After training every process checks the mode's invariant and the replicas are compared by sha256;
+then rank 0 alone validates, writes the artifact and the eval record, and returns the record, which the other
+processes receive once it is written.
+
 What is trained depends on the task (`load_finetune_task`):
 
 - classification tasks (and BIG-bench multiple-choice tasks whose every example offers the same options,
@@ -26,7 +33,6 @@ validation items are never trained on. The record says how the split was made (`
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import time
 from collections.abc import Iterator
@@ -51,6 +57,13 @@ from jdna.artifact import (
 from jdna.errors import JdnaError, unknown_name_error
 from jdna.finetune.checkpoint import checkpoint_dir, remove_checkpoint
 from jdna.finetune.data import Schedule, TrainData, encode_items, is_regression
+from jdna.finetune.distributed import (
+    Dist,
+    data_parallel,
+    launched_world_size,
+    parameters_digest,
+    single_process_note,
+)
 from jdna.finetune.evaluate import Evaluation, evaluate
 from jdna.finetune.lm import LM_HEAD, LM_PROTOCOL, OBJECTIVE, adds_bos, check_lm_model, encode_lm_items, load_tokenizer
 from jdna.finetune.lm import training_pool_items as lm_training_items
@@ -136,11 +149,11 @@ def plan(config: FinetuneConfig) -> FinetuneConfig:
     for ok, message in checks:
         if not ok:
             raise JdnaError(message)
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world > 1:
+    world = launched_world_size()
+    if world > config.batch_size:
         raise JdnaError(
-            f"finetune runs in one process (WORLD_SIZE={world}): multi-process training is not supported yet; "
-            "run `jdna finetune` without accelerate launch/torchrun (one GPU is used automatically)"
+            f"--batch-size {config.batch_size} is smaller than the {world} processes launched: --batch-size is the "
+            f"micro-batch over all processes, so use --batch-size {world} or more (or fewer processes)"
         )
     return config
 
@@ -308,6 +321,7 @@ def finetune_record(artifact: Artifact, cached: bool) -> dict[str, Any]:
     record["primary_metric"] = evaluation.get("primary_metric")
     record["metrics"] = evaluation.get("metrics")
     record["invariants"] = header.get("invariants")
+    record["world_size"] = (header.get("training") or {}).get("world_size", 1)
     if isinstance(header.get("split"), dict):
         record["split"] = {k: v for k, v in header["split"].items() if not k.endswith("_sha256")}
     record["eval_record"] = evaluation.get("path")
@@ -443,8 +457,17 @@ def run_finetune(
     reporter: Reporter | None = None,
     force: bool = False,
 ) -> dict[str, Any]:
-    """Fine-tune the model `ref` names on `config.task` and write a finetuned artifact; returns its record."""
-    reporter = reporter or Reporter()
+    """Fine-tune the model `ref` names on `config.task` and write a finetuned artifact; returns its record.
+
+    Under a launcher every process calls this with the same arguments and gets the same record (rank 0 writes).
+    """
+    with data_parallel() as dist:
+        return _run_finetune(ref, config, output, reporter or Reporter(), force, dist)
+
+
+def _run_finetune(
+    ref: ModelRef, config: FinetuneConfig, output: Path | None, reporter: Reporter, force: bool, dist: Dist
+) -> dict[str, Any]:
     plan(config)
     check_model(ref, config)
     task = load_finetune_task(config.task)
@@ -475,7 +498,7 @@ def run_finetune(
             return finetune_record(existing, cached=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    device = default_device()
+    device = dist.device if dist.enabled and dist.device is not None else default_device()
     head = head_for(task) if objective == "classification" else dict(LM_HEAD)
     seed_everything(config.seed)
     source = dense_ref(ref) if config.mode in ("dense", "freeze") else ref
@@ -504,6 +527,15 @@ def run_finetune(
         f"{schedule.total_steps} steps of {config.batch_size * config.grad_accum}, lr {params['lr']:g}, "
         f"on {device.type}"
     )
+    note = single_process_note()
+    if note:
+        reporter.log(note)
+    if dist.enabled:
+        reporter.log(
+            f"data-parallel over {dist.world_size} processes ({dist.backend}): each takes "
+            f"{dist.shard_size(config.batch_size)} examples of every {config.batch_size}-example micro-batch, "
+            "gradients summed"
+        )
     if objective != "classification" and lm_data.truncated:
         reporter.log(
             f"{lm_data.truncated} of {len(lm_data)} training prompts were cut from the left to fit --max-length "
@@ -517,13 +549,24 @@ def run_finetune(
     )
     ckpt = checkpoint_dir(path)
     if force:
-        remove_checkpoint(ckpt)
-    seed_everything(config.seed + 1)
+        if dist.is_main:
+            remove_checkpoint(ckpt)
+        dist.barrier()  # no process looks for a checkpoint before rank 0 has removed it
+    # Dropout draws its own stream on every process (rank 0's is the single-process one).
+    seed_everything(config.seed + 1 + 1_000_003 * dist.rank)
     with stop_on_signals() as stop:
         outcome, optimizer = train(
-            model, train_data, schedule, enforcer, settings, pad_id, device, ckpt, identity, reporter, stop
+            model, train_data, schedule, enforcer, settings, pad_id, device, ckpt, identity, reporter, stop, dist
         )
     invariants = enforcer.check(optimizer)
+    training: dict[str, Any] = dist.summary()
+    if dist.enabled:
+        training.update(
+            micro_batch=config.batch_size,
+            micro_batch_per_process=dist.shard_size(config.batch_size),
+            replicas_identical=_check_replicas(model, invariants, dist),
+        )
+        reporter.log(f"the {dist.world_size} replicas hold bit-identical parameters (sha256 compared)")
     if not invariants["passed"]:
         raise JdnaError(
             f"invariant violated after fine-tuning ({invariants['checked']}): {invariants.get('violations')} "
@@ -533,6 +576,8 @@ def run_finetune(
     if invariants["checked"]:
         reporter.log(f"invariant {invariants['checked']} holds at {invariants['positions']} pruned positions")
     del optimizer
+    if not dist.is_main:  # rank 0 validates and writes; the others wait here for its record
+        return dist.broadcast_object(None)
     if objective == "classification":
         evaluation = evaluate(model, task, eval_data, pad_id, device, seed=config.seed, reporter=reporter)
         validation = Validation.of_classification(task, eval_items, evaluation)
@@ -590,6 +635,7 @@ def run_finetune(
         "objective": objective,
         "split": split,
         "invariants": invariants,
+        "training": training,
         "stats": stats,
         "eval": {
             "path": str(eval_path),
@@ -612,7 +658,28 @@ def run_finetune(
     eval_path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(eval_path, eval_record)
     remove_checkpoint(ckpt)
-    return finetune_record(read_artifact(path), cached=False)
+    return dist.broadcast_object(finetune_record(read_artifact(path), cached=False))
+
+
+def _check_replicas(model: torch.nn.Module, invariants: dict[str, Any], dist: Dist) -> bool:
+    """Every process's invariant and parameter digest, compared: a failed invariant or a replica whose parameters
+    differ from rank 0's is an error on every process (nothing is written)."""
+    views = dist.all_gather_object((bool(invariants["passed"]), parameters_digest(model)))
+    if not invariants["passed"]:
+        return False  # this process's own violation is reported in full by the caller
+    failed = [rank for rank, (passed, _) in enumerate(views) if not passed]
+    if failed:
+        raise JdnaError(
+            f"invariant violated after fine-tuning ({invariants['checked']}) on process(es) {failed}; nothing was "
+            "written"
+        )
+    differing = [rank for rank, (_, digest) in enumerate(views) if digest != views[0][1]]
+    if differing:
+        raise JdnaError(
+            f"after data-parallel fine-tuning the parameters of process(es) {differing} differ from rank 0's "
+            f"(sha256 {views[differing[0]][1][:12]} vs {views[0][1][:12]}): the replicas diverged; nothing was written"
+        )
+    return True
 
 
 def _prunable_names(model: torch.nn.Module) -> list[str]:

@@ -4,6 +4,12 @@ A checkpoint is a directory holding ``state.safetensors`` (trainable parameters 
 moments as ``exp_avg.<name>`` / ``exp_avg_sq.<name>``, RNG states as uint8 tensors) and ``state.json`` (the
 run's identity, the optimizer step, the loss curve so far). Both are written atomically, the JSON last, so
 a checkpoint whose JSON names the right step is complete.
+
+Under data parallelism (`jdna.finetune.distributed`) only rank 0 writes it; the replicas' parameters and Adam
+moments are identical, so one copy serves all, and each process's RNG states are added as
+``rng.rank<r>.torch`` / ``rng.rank<r>.cuda``. Every process resumes from the same checkpoint, restoring its own
+RNG states when the checkpoint has them (a checkpoint from another number of processes resumes too: ranks it
+has no states for keep their seeded ones).
 """
 
 from __future__ import annotations
@@ -41,8 +47,12 @@ def save_checkpoint(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     extra: dict[str, Any],
+    rank_rng: list[dict[str, torch.Tensor]] | None = None,
 ) -> None:
-    """Write the state after `step` optimizer steps; the previous checkpoint stays valid until the JSON moves."""
+    """Write the state after `step` optimizer steps; the previous checkpoint stays valid until the JSON moves.
+
+    `rank_rng` (data-parallel runs): every process's RNG states by rank, from `Dist.rng_states`.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
     steps: dict[str, float] = {}
@@ -54,10 +64,16 @@ def save_checkpoint(
                 tensors[f"{key}.{name}"] = state[key].detach().cpu().contiguous()
         if "step" in state:
             steps[name] = float(state["step"])
-    tensors["rng.torch"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        for index, rng in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{index}"] = rng
+    if rank_rng is None:
+        tensors["rng.torch"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            for index, rng in enumerate(torch.cuda.get_rng_state_all()):
+                tensors[f"rng.cuda.{index}"] = rng
+    else:  # (not get_rng_state_all: it would open a CUDA context on every GPU of the node from this process)
+        tensors["rng.torch"] = rank_rng[0]["torch"].clone()  # (safetensors refuses shared storage)
+        for rank, states in enumerate(rank_rng):
+            for kind, rng in states.items():
+                tensors[f"rng.rank{rank}.{kind}"] = rng
     tensor_file = directory / f"{STATE_TENSORS}.{step}"
     with atomic_path(tensor_file) as tmp:
         save_file(tensors, str(tmp))
@@ -83,9 +99,17 @@ def read_checkpoint(directory: Path, identity: str) -> dict[str, Any] | None:
 
 @torch.no_grad()
 def restore_checkpoint(
-    directory: Path, payload: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer
+    directory: Path,
+    payload: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    rank: int | None = None,
+    device: torch.device | None = None,
 ) -> None:
-    """Load parameters, Adam state and RNG states saved by `save_checkpoint` into `model` and `optimizer`."""
+    """Load parameters, Adam state and RNG states saved by `save_checkpoint` into `model` and `optimizer`.
+
+    `rank` (data-parallel runs): restore that process's RNG states (its GPU's is `device`), if saved.
+    """
     tensors = load_file(str(directory / payload["tensors"]))
     steps = payload.get("adam_steps", {})
     for name, param in _named(model).items():
@@ -95,12 +119,26 @@ def restore_checkpoint(
             state["step"] = torch.tensor(float(steps[name]), dtype=torch.float32)
             for key in _MOMENTS:
                 state[key] = tensors[f"{key}.{name}"].to(device=param.device, dtype=param.dtype)
+    if rank is not None:
+        _restore_rank_rng(tensors, rank, device)
+        return
     torch.set_rng_state(tensors["rng.torch"])
     if torch.cuda.is_available():
         keys = sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k.rsplit(".", 1)[1]))
         states = [tensors[k] for k in keys]
         if states:
             torch.cuda.set_rng_state_all(states)
+
+
+def _restore_rank_rng(tensors: dict[str, torch.Tensor], rank: int, device: torch.device | None) -> None:
+    cpu = tensors.get(f"rng.rank{rank}.torch")
+    if cpu is None and rank == 0:
+        cpu = tensors.get("rng.torch")  # a single-process checkpoint
+    if cpu is not None:
+        torch.set_rng_state(cpu)
+    cuda = tensors.get(f"rng.rank{rank}.cuda")
+    if cuda is not None and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda, device)
 
 
 def remove_checkpoint(directory: Path) -> None:

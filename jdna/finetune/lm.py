@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from jdna.errors import JdnaError
+from jdna.finetune.distributed import unwrap
 from jdna.models import ModelRef, head_of
 from jdna.tasks import Item, Task, format_answer, format_mc_prompt, format_prompt, subsample_train
 
@@ -225,7 +226,7 @@ def answer_token_loss(model: Any, batch: dict[str, torch.Tensor], reduction: str
         "attention_mask": batch["attention_mask"],
         "use_cache": False,
     }
-    if _keeps_bool_logits(model):
+    if _keeps_bool_logits(unwrap(model)):  # (a DistributedDataParallel wrapper's forward takes **kwargs)
         kwargs["logits_to_keep"] = keep
     logits = model(**kwargs).logits
     if logits.dim() == 3:  # the model ignored logits_to_keep or does not take it

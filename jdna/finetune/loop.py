@@ -3,6 +3,10 @@
 The loop is deterministic on CPU for a seed: the batch of every step is recomputed from the step number
 (`jdna.finetune.data.Schedule`), the learning rate is a pure function of the step, and the torch RNG (dropout)
 is checkpointed. A run resumed from a checkpoint therefore continues bit for bit like an uninterrupted one.
+
+Under a launcher (`jdna.finetune.distributed`) every process runs this loop on its shard of each micro-batch,
+with the model in DistributedDataParallel; the step's loss and the stop flag are summed across processes after
+every step, so all processes log the same loss and stop (and checkpoint) at the same step.
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from jdna.errors import JdnaError
 from jdna.finetune.checkpoint import read_checkpoint, restore_checkpoint, save_checkpoint
 from jdna.finetune.data import Schedule, TrainData
+from jdna.finetune.distributed import Dist, no_sync
 from jdna.finetune.masking import MaskEnforcer
 from jdna.progress import Reporter
 
@@ -118,19 +124,28 @@ def train(
     identity: str = "",
     reporter: Reporter | None = None,
     stop: StopFlag | None = None,
+    dist: Dist | None = None,
 ) -> tuple[TrainOutcome, torch.optim.Optimizer]:
-    """Fine-tune `model` in place; returns the outcome and the optimizer (for the invariant check)."""
+    """Fine-tune `model` in place; returns the outcome and the optimizer (for the invariant check).
+
+    `dist`: this process's place in a data-parallel group (see `jdna.finetune.distributed`); every process of
+    the group calls `train` with the same arguments. Only rank 0 writes checkpoints.
+    """
     reporter = reporter or Reporter()
     stop = stop if stop is not None else StopFlag()
+    dist = dist or Dist()
     optimizer = torch.optim.AdamW(
         param_groups(model, settings.weight_decay), lr=settings.lr, betas=(0.9, 0.999), eps=1e-8
     )
     outcome = TrainOutcome()
     start_step = 0
     if checkpoint is not None:
-        payload = read_checkpoint(checkpoint, identity)
+        # Every process resumes from the checkpoint rank 0 sees (rank 0 writes it only after steps that need
+        # every process, so no process reads a half-written one).
+        payload = dist.broadcast_object(read_checkpoint(checkpoint, identity) if dist.is_main else None)
         if payload is not None:
-            restore_checkpoint(checkpoint, payload, model, optimizer)
+            rank = dist.rank if dist.enabled else None
+            restore_checkpoint(checkpoint, payload, model, optimizer, rank=rank, device=dist.device)
             enforcer.after_step(optimizer)
             start_step = int(payload["step"])
             outcome.losses = [float(x) for x in payload.get("losses", [])][:start_step]
@@ -140,6 +155,7 @@ def train(
         torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     )
     model.train()
+    forward = dist.wrap(model)  # DistributedDataParallel under a launcher: gradients summed across processes
     total = schedule.total_steps
     started = time.perf_counter()
     seen = 0
@@ -159,16 +175,33 @@ def train(
             group["lr"] = lr
         optimizer.zero_grad(set_to_none=True)
         step_loss = 0.0
-        for indices in batches:
-            batch = {k: v.to(device) for k, v in data.collate(indices, pad_id).items()}
-            with autocast:
-                loss = data.loss(model, batch)
-            weight = data.units(indices) / step_units
-            (loss * weight).backward()
-            step_loss += float(loss.detach()) * weight
+        for position, indices in enumerate(batches):
+            # This process's shard (all of it on one process). Weighting each shard's mean by its share of the
+            # step's units makes the gradients, summed over processes, those of the step's mean loss.
+            mine = dist.shard(indices)
+            sync = position == len(batches) - 1
+            if not mine and not sync:
+                continue
+            # A process with no examples in the step's last micro-batch still joins its gradient all-reduce:
+            # it runs one example with weight 0.
+            weight = data.units(mine) / step_units if mine else 0.0
+            with no_sync(forward, sync):
+                batch = {k: v.to(device) for k, v in data.collate(mine or indices[:1], pad_id).items()}
+                with autocast:
+                    loss = data.loss(forward, batch)
+                (loss * weight).backward()
+            if mine:
+                step_loss += float(loss.detach()) * weight
+        if dist.enabled and step == start_step:
+            _check_all_gradients(model)
         enforcer.mask_gradients()
         optimizer.step()
         enforcer.after_step(optimizer)
+        if dist.enabled:  # the step's loss over all processes, and whether any process was asked to stop
+            step_loss, stops = dist.sum_floats([step_loss, 1.0 if stop else 0.0])
+            stopping = stops > 0
+            if stopping and not stop:
+                stop.signal_name = "a signal to another process"
         outcome.losses.append(step_loss)
         seen += n_step
         done = step + 1
@@ -181,12 +214,21 @@ def train(
             done,
             total,
         )
-        if checkpoint is not None and done < total and (stop or done - last_saved >= settings.checkpoint_every):
+        if not dist.enabled:
+            stopping = bool(stop)
+        # (Under a launcher `stopping` is what every process agreed on above; a signal that arrived since is
+        # taken at the next step, so all processes checkpoint and stop at the same one.)
+        if checkpoint is not None and done < total and (stopping or done - last_saved >= settings.checkpoint_every):
             model.eval()
-            save_checkpoint(checkpoint, identity, done, model, optimizer, {"losses": outcome.losses})
+            rank_rng = dist.rng_states() if dist.enabled else None
+            if dist.is_main:
+                save_checkpoint(
+                    checkpoint, identity, done, model, optimizer, {"losses": outcome.losses}, rank_rng=rank_rng
+                )
             model.train()
             last_saved = done
-        if stop and done < total:
+        if stopping and done < total:
+            dist.barrier()  # no process exits (and no launcher tears the group down) before the checkpoint is written
             where = f" to {checkpoint}" if checkpoint is not None else ""
             reporter.log(f"{stop.signal_name}: stopped after step {done}/{total}, checkpoint written{where}")
             raise Interrupted(f"interrupted at step {done}")
@@ -195,6 +237,17 @@ def train(
     outcome.seconds = time.perf_counter() - started
     outcome.examples_per_second = seen / outcome.seconds if outcome.seconds > 0 else 0.0
     return outcome, optimizer
+
+
+def _check_all_gradients(model: nn.Module) -> None:
+    """Under DistributedDataParallel every trainable parameter must get a gradient (else its bucket is never
+    all-reduced and the replicas would drift apart): checked after the first step's backward."""
+    missing = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    if missing:
+        raise JdnaError(
+            f"{len(missing)} trainable parameters (first: {missing[0]}) get no gradient from the loss, which "
+            "data-parallel fine-tuning does not support: run one process"
+        )
 
 
 def loss_summary(losses: list[float], steps_per_epoch: int, points: int = 20) -> dict[str, Any]:
