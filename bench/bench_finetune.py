@@ -40,8 +40,18 @@ from jdna.pruning import PruneConfig, run_prune  # noqa: E402
 MODES = ("dense", "sparse", "freeze", "regrow")
 
 
-def _jdna_run(ref, mode: str, items, task, args) -> tuple[float, float]:
-    """(seconds per step, examples/s) of `args.steps` optimizer steps in `mode`."""
+def _masking_seconds(enforcer: MaskEnforcer, optimizer: torch.optim.Optimizer, repeats: int = 10) -> float:
+    """Seconds per step of the mode's mask work alone (what a step adds over dense), timed in isolation."""
+    started = time.perf_counter()
+    for _ in range(repeats):
+        enforcer.mask_gradients()
+        enforcer.enforce_weights()
+        enforcer.mask_optimizer_state(optimizer)
+    return (time.perf_counter() - started) / repeats
+
+
+def _jdna_run(ref, mode: str, items, task, args) -> tuple[float, float, float]:
+    """(seconds per step, examples/s, mask-work seconds per step) of `args.steps` optimizer steps in `mode`."""
     seed_everything(0)
     source = dense_ref(ref) if mode in ("dense", "freeze") else ref
     model, tokenizer = load_model(source, head=head_for(task), device="cpu")
@@ -52,7 +62,7 @@ def _jdna_run(ref, mode: str, items, task, args) -> tuple[float, float]:
     settings = TrainSettings(lr=5e-5, weight_decay=0.01, warmup=0.06)
     outcome, optimizer = train(model, data, schedule, enforcer, settings, tokenizer.pad_token_id, torch.device("cpu"))
     assert enforcer.check(optimizer)["passed"]
-    return outcome.seconds / outcome.steps, outcome.examples_per_second
+    return outcome.seconds / outcome.steps, outcome.examples_per_second, _masking_seconds(enforcer, optimizer)
 
 
 def _trainer_run(ref, items, task, args) -> float:
@@ -119,12 +129,14 @@ def main() -> None:
     _jdna_run(ref, "dense", items[: 2 * args.batch_size], task, argparse.Namespace(**{**vars(args), "steps": 2}))
     times: dict[str, list[float]] = {mode: [] for mode in MODES}
     rates: dict[str, list[float]] = {mode: [] for mode in MODES}
+    masking: dict[str, list[float]] = {mode: [] for mode in MODES}
     for round_index in range(args.rounds):
         order = MODES if round_index % 2 == 0 else tuple(reversed(MODES))
         for mode in order:
-            seconds, rate = _jdna_run(ref, mode, items, task, args)
+            seconds, rate, mask_seconds = _jdna_run(ref, mode, items, task, args)
             times[mode].append(seconds)
             rates[mode].append(rate)
+            masking[mode].append(mask_seconds)
             print(f"round {round_index} {mode:7s} {seconds * 1000:8.1f} ms/step {rate:7.1f} ex/s", file=sys.stderr)
     trainer_rates = []
     for _ in range(max(1, args.rounds // 2)):
@@ -139,6 +151,14 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "ms_per_step": {mode: round(statistics.median(v) * 1000, 1) for mode, v in times.items()},
         "ratio_to_dense": {mode: round(statistics.median(v) / dense, 3) for mode, v in times.items()},
+        # Each round runs every mode back to back, so a per-round ratio cancels slow drifts in machine load.
+        "paired_ratio_to_dense": {
+            mode: round(statistics.median(t / d for t, d in zip(v, times["dense"])), 3) for mode, v in times.items()
+        },
+        "mask_work_ms_per_step": {mode: round(statistics.median(v) * 1000, 1) for mode, v in masking.items()},
+        "mask_work_fraction_of_dense_step": {
+            mode: round(statistics.median(v) / dense, 3) for mode, v in masking.items()
+        },
         "examples_per_second": {mode: round(statistics.median(v), 1) for mode, v in rates.items()},
         "trainer_examples_per_second": round(statistics.median(trainer_rates), 1),
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
