@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
 import torch
+
+from jdna.progress import Reporter
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -112,3 +115,14 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("JDNA_RUNS", str(tmp_path / "runs"))
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+class InterruptAt(Reporter):
+    """A reporter that sends this process SIGINT after optimizer step `step`, like a Ctrl-C."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def progress(self, stage: str, done: int, total: int) -> None:
+        if stage.startswith("train") and done == self.step:
+            os.kill(os.getpid(), signal.SIGINT)

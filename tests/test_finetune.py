@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
 from pathlib import Path
 
 import pytest
@@ -17,9 +15,8 @@ from jdna.finetune import FinetuneConfig, Interrupted, load_classification_task,
 from jdna.finetune.data import Schedule
 from jdna.finetune.masking import MaskEnforcer, chain_masks, dense_ref
 from jdna.models import canonical_parameters, load_model, resolve
-from jdna.progress import Reporter
 from tests.cli import run
-from tests.conftest import WORDS
+from tests.conftest import WORDS, InterruptAt
 
 LABELS = ["cat", "dog", "red"]
 FAST = ["--epochs", "2", "--batch-size", "8", "--lr", "1e-3", "--eval-limit", "20"]
@@ -193,17 +190,6 @@ def test_stratified_subsampling(task_file: Path) -> None:
     assert sorted(i for b in schedule.step_batches(0) + schedule.step_batches(1) for i in b) == list(range(12))
 
 
-class _InterruptAt(Reporter):
-    """Sends this process SIGINT after optimizer step `step`, like a Ctrl-C."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def progress(self, stage: str, done: int, total: int) -> None:
-        if stage.startswith("train") and done == self.step:
-            os.kill(os.getpid(), signal.SIGINT)
-
-
 def test_resume_after_interrupt_equals_uninterrupted(tiny_bert: Path, task_file: Path, tmp_path: Path) -> None:
     ref = resolve(_prune(tiny_bert)["path"])
     config = FinetuneConfig(
@@ -212,7 +198,7 @@ def test_resume_after_interrupt_equals_uninterrupted(tiny_bert: Path, task_file:
     straight = run_finetune(ref, config, tmp_path / "straight.safetensors")
     resumed_path = tmp_path / "resumed.safetensors"
     with pytest.raises(Interrupted):
-        run_finetune(ref, config, resumed_path, reporter=_InterruptAt(5))
+        run_finetune(ref, config, resumed_path, reporter=InterruptAt(5))
     checkpoint = tmp_path / "resumed.safetensors.ckpt"
     assert json.loads((checkpoint / "state.json").read_text())["step"] == 5
     assert not resumed_path.exists()

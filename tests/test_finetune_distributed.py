@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +28,7 @@ from safetensors.torch import load_file
 from jdna.artifact import read_artifact
 from jdna.progress import Reporter
 from tests.cli import run
-from tests.conftest import WORDS, build_tiny_bert
+from tests.conftest import WORDS, InterruptAt, build_tiny_bert
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ["cat", "dog", "red"]
@@ -183,17 +182,6 @@ def test_interrupted_run_resumes_on_every_process(bert_without_dropout: Path, cl
     assert outcome["same_metrics"]
 
 
-class _InterruptAt(Reporter):
-    """Sends this process SIGINT after optimizer step `step`, like a Ctrl-C."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def progress(self, stage: str, done: int, total: int) -> None:
-        if stage.startswith("train") and done == self.step:
-            os.kill(os.getpid(), signal.SIGINT)
-
-
 def _resume_worker(pruned: str, task: str, out: Path) -> None:
     """Run under torchrun: an uninterrupted run, an interrupted one (rank 0 signalled), then its resumption."""
     from jdna.finetune import FinetuneConfig, Interrupted, run_finetune
@@ -206,7 +194,7 @@ def _resume_worker(pruned: str, task: str, out: Path) -> None:
         ref = resolve(pruned)
         straight = run_finetune(ref, config, out / "straight.safetensors")
         resumed_path = out / "resumed.safetensors"
-        reporter = _InterruptAt(5) if dist.is_main else Reporter()
+        reporter = InterruptAt(5) if dist.is_main else Reporter()
         try:
             run_finetune(ref, config, resumed_path, reporter=reporter)
             interrupted = False

@@ -6,9 +6,7 @@ Tiny Llama (tests/conftest.py), tiny synthetic task files; no network, nothing f
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
 from pathlib import Path
 
 import pytest
@@ -22,10 +20,9 @@ from jdna.finetune.lm import LM_HEAD, encode_lm_items, mean_answer_loss, prompt_
 from jdna.finetune.loop import TrainSettings, train
 from jdna.finetune.masking import MaskEnforcer, chain_masks
 from jdna.models import canonical_parameters, load_model, resolve
-from jdna.progress import Reporter
 from jdna.tasks import format_mc_prompt, format_prompt
 from tests.cli import run
-from tests.conftest import WORDS, make_tokenizer
+from tests.conftest import WORDS, InterruptAt, make_tokenizer
 
 KEYS = ["cat", "dog", "red"]
 FAST = ["--epochs", "2", "--batch-size", "8", "--lr", "1e-3", "--eval-limit", "16"]
@@ -220,15 +217,6 @@ def test_sparse_lm_training_keeps_adam_moments_zero(tiny_llama: Path, mc_file: P
     assert enforcer.check(optimizer) == {**enforcer.check(optimizer), "passed": True, "violations": 0}
 
 
-class _InterruptAt(Reporter):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def progress(self, stage: str, done: int, total: int) -> None:
-        if stage.startswith("train") and done == self.step:
-            os.kill(os.getpid(), signal.SIGINT)
-
-
 def test_resume_equals_uninterrupted(tiny_llama: Path, mc_file: Path, tmp_path: Path) -> None:
     ref = resolve(_prune(tiny_llama)["path"])
     config = FinetuneConfig(
@@ -237,7 +225,7 @@ def test_resume_equals_uninterrupted(tiny_llama: Path, mc_file: Path, tmp_path: 
     straight = run_finetune(ref, config, tmp_path / "straight.safetensors")
     resumed_path = tmp_path / "resumed.safetensors"
     with pytest.raises(Interrupted):
-        run_finetune(ref, config, resumed_path, reporter=_InterruptAt(7))
+        run_finetune(ref, config, resumed_path, reporter=InterruptAt(7))
     assert json.loads((tmp_path / "resumed.safetensors.ckpt" / "state.json").read_text())["step"] == 7
     resumed = run_finetune(ref, config, resumed_path)
     a, b = read_artifact(Path(straight["path"])), read_artifact(resumed_path)
