@@ -57,11 +57,13 @@ def kendall_tau_b_batched(x: np.ndarray, ys: np.ndarray) -> np.ndarray:
     if n < 2:
         return np.full(ys.shape[0], np.nan)
     i, j = np.triu_indices(n, k=1)
-    sx = np.sign(x[j] - x[i])
-    sy = np.sign(ys[:, j] - ys[:, i])
-    concordance = (sy * sx).sum(axis=1)
-    denom = np.sqrt(np.abs(sx).sum() * np.abs(sy).sum(axis=1))
+    # Resampled drops can be ±inf (a resample whose dense score is 0); inf − inf gives NaN, and a NaN τ is
+    # what such a resample should yield, so numpy's warning about it is noise.
     with np.errstate(invalid="ignore", divide="ignore"):
+        sx = np.sign(x[j] - x[i])
+        sy = np.sign(ys[:, j] - ys[:, i])
+        concordance = (sy * sx).sum(axis=1)
+        denom = np.sqrt(np.abs(sx).sum() * np.abs(sy).sum(axis=1))
         return np.where(denom == 0, np.nan, concordance / np.where(denom == 0, 1.0, denom))
 
 
