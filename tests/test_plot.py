@@ -148,3 +148,15 @@ def test_bad_plot_input_exits_2(tmp_path: Path) -> None:
     assert result.code == 2 and "no dense baseline" in result.stderr
     with pytest.raises(JdnaError, match="no lmc records"):
         plot_lmc(sweep(seeds=1))
+
+
+def test_long_y_labels_break_before_their_parenthesis() -> None:
+    from jdna.analysis.plots import _fit_axis_label
+
+    assert _fit_axis_label("Normalised performance (compressed / dense)") == (
+        "Normalised performance\n(compressed / dense)"
+    )
+    assert _fit_axis_label("Normalised acc (compressed / dense)") == "Normalised acc (compressed / dense)"
+    assert _fit_axis_label("A label far longer than any panel is tall, without brackets") == (
+        "A label far longer than any panel is tall, without brackets"
+    )

@@ -365,6 +365,14 @@ def render(chart: Chart) -> Figure:
     return figure
 
 
+def _fit_axis_label(label: str, width: int = 38) -> str:
+    """A long y label broken before its parenthesis: a panel is shorter than the label otherwise is."""
+    if len(label) > width and " (" in label:
+        head, _, tail = label.partition(" (")
+        return f"{head}\n({tail}"
+    return label
+
+
 def _draw_panel(ax: Any, panel: Panel) -> None:
     for y, label in panel.hlines:
         ax.axhline(y, color="0.55", linewidth=0.8, linestyle=":" if y else "-", zorder=0)
@@ -385,7 +393,7 @@ def _draw_panel(ax: Any, panel: Panel) -> None:
                 ax.fill_between(series.x, series.lo, series.hi, color=color, alpha=0.18, linewidth=0)
     ax.set_title(panel.title)
     ax.set_xlabel(panel.xlabel)
-    ax.set_ylabel(panel.ylabel)
+    ax.set_ylabel(_fit_axis_label(panel.ylabel))
     if panel.invert_x:
         ax.invert_xaxis()
     if panel.ylim:
