@@ -67,13 +67,15 @@ Q_TASK ?= $(S2_TASK)
 Q_OPTIONS ?= $(S2_OPTIONS)
 Q_BITS ?= 8 4 3 2
 Q_RANKS ?= 0.75 0.5 0.25
-# Transfer settings (Figs 8–9) and linear mode connectivity (Fig. 10).
+# Transfer settings (Figs 8–9), each at several training-set sizes (the data-volume axis, so the difficulty
+# table compares the modes' drops level by level), and linear mode connectivity (Fig. 10).
 T_MODEL ?= $(ENCODER)
 T_TASK ?= $(S1_TASK)
-T_TRAIN ?= 1000
+T_TRAIN ?= 250 500 1000
 T_MODES ?= dense sparse freeze regrow
 LMC_TASKS ?= bigbench:vitaminc_fact_verification bigbench:multiemo/all_text_en
 LMC_SPARSITY ?= 0.5
+LMC_TRAIN ?= 1000
 
 .PHONY: install test demo demo-encoder demo-lm data bench lint clean setting1 setting2 setting3 setting4 setting5 setting6 \
 	quantization transfer lmc methods study
@@ -208,19 +210,20 @@ $(R)/methods/records.jsonl: $(CALIB) | install data
 
 $(R)/transfer/records.jsonl: | install data
 	@mkdir -p $(@D); : > $@.tmp
-	$(JDNA) finetune $(T_MODEL) --task $(T_TASK) --mode dense --train-examples $(T_TRAIN) $(S1_FLAGS) >> $@.tmp
-	for s in $(SPARSITIES); do for mode in $(filter-out dense,$(T_MODES)); do \
-	  $(JDNA) prune $(T_MODEL) -s $$s --method $(METHOD) \
-	    | $(JDNA) finetune --task $(T_TASK) --mode $$mode --train-examples $(T_TRAIN) $(S1_FLAGS) >> $@.tmp; \
-	done; done
+	for n in $(T_TRAIN); do \
+	  $(JDNA) finetune $(T_MODEL) --task $(T_TASK) --mode dense --train-examples $$n $(S1_FLAGS) >> $@.tmp; \
+	  for s in $(SPARSITIES); do for mode in $(filter-out dense,$(T_MODES)); do \
+	    $(JDNA) prune $(T_MODEL) -s $$s --method $(METHOD) \
+	      | $(JDNA) finetune --task $(T_TASK) --mode $$mode --train-examples $$n $(S1_FLAGS) >> $@.tmp; \
+	  done; done; done
 	mv $@.tmp $@
 
 $(R)/lmc/records.jsonl: | install data
 	@mkdir -p $(@D); : > $@.tmp
 	for t in $(LMC_TASKS); do \
-	  dense=$$($(JDNA) finetune $(T_MODEL) --task $$t --mode dense --train-examples $(T_TRAIN) $(S1_FLAGS) | $(BIN)/python -c 'import json,sys; print(json.loads(sys.stdin.read())["path"])'); \
+	  dense=$$($(JDNA) finetune $(T_MODEL) --task $$t --mode dense --train-examples $(LMC_TRAIN) $(S1_FLAGS) | $(BIN)/python -c 'import json,sys; print(json.loads(sys.stdin.read())["path"])'); \
 	  sparse=$$($(JDNA) prune $(T_MODEL) -s $(LMC_SPARSITY) --method $(METHOD) \
-	    | $(JDNA) finetune --task $$t --mode sparse --train-examples $(T_TRAIN) $(S1_FLAGS) | $(BIN)/python -c 'import json,sys; print(json.loads(sys.stdin.read())["path"])'); \
+	    | $(JDNA) finetune --task $$t --mode sparse --train-examples $(LMC_TRAIN) $(S1_FLAGS) | $(BIN)/python -c 'import json,sys; print(json.loads(sys.stdin.read())["path"])'); \
 	  $(JDNA) lmc $$dense $$sparse --task $$t --points 11 --limit 500 >> $@.tmp; \
 	done
 	mv $@.tmp $@
