@@ -50,3 +50,35 @@ def test_setting2_and_quantization_targets_end_to_end(tiny_llama: Path, tmp_path
     assert {"pruned", "quantized", "lowrank"} <= kinds
     again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "jdna" not in again.stdout + again.stderr  # nothing redone
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
+def test_transfer_target_compares_the_modes_level_by_level(tiny_bert: Path, tmp_path: Path) -> None:
+    words = ["good", "bad", "fine", "poor"]
+    rows = [
+        {"text": f"it was {words[i % 4]} and {words[(i * 3) % 4]}", "label": ["pos", "neg"][i % 2],
+         "split": "train" if i < 24 else "test"}
+        for i in range(32)
+    ]
+    task = tmp_path / "cls.jsonl"
+    task.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    stamp = tmp_path / "bigbench-present"
+    stamp.write_text("")
+    results = tmp_path / "results"
+    jdna = Path(sys.executable).parent / "jdna"
+    env = {**os.environ, "JDNA_RUNS": str(tmp_path / "runs"), "JDNA_HOME": str(tmp_path / "home")}
+    done = subprocess.run([
+        "make", "-C", str(REPO), "--no-print-directory",
+        f"R={results}", f"JDNA={jdna}", f"STAMP={stamp}", f"BIGBENCH_STAMP={stamp}",
+        f"T_MODEL={tiny_bert}", f"T_TASK=file:{task}", "T_TRAIN=8 16", "T_MODES=dense sparse freeze",
+        "SPARSITIES=0.5", "S1_FLAGS=--epochs 1 --batch-size 4 --max-length 16 --eval-limit 8",
+        f"{results}/transfer/difficulty.json", f"{results}/transfer/figure.png",
+    ], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = [json.loads(line) for line in (results / "transfer" / "records.jsonl").read_text().splitlines()]
+    assert sorted((r["mode"], r["train_examples"]) for r in records) == [
+        ("dense", 8), ("dense", 16), ("freeze", 8), ("freeze", 16), ("sparse", 8), ("sparse", 16)
+    ]
+    table = (results / "transfer" / "table.txt").read_text()
+    assert "sparse transfer" in table and "freeze transfer" in table and "train_examples 16" in table
+    assert (results / "transfer" / "figure.png").stat().st_size > 10_000
