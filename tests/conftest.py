@@ -126,3 +126,35 @@ class InterruptAt(Reporter):
     def progress(self, stage: str, done: int, total: int) -> None:
         if stage.startswith("train") and done == self.step:
             os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a test module (use via `pytestmark`): the models are tiny, and on a busy 2-core
+    machine OpenMP's spinning threads make every forward hundreds of times slower. Launched processes in the
+    distributed tests run with OMP_NUM_THREADS=1 too, so in-process references match them."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def prune_record(model_dir: Path, sparsity: str = "0.5") -> dict:
+    """`jdna prune MODEL --sparsity S` run in process; its JSON record."""
+    from tests.cli import run
+
+    result = run("prune", str(model_dir), "--sparsity", sparsity)
+    assert result.code == 0, result.stderr
+    return result.record
+
+
+def prune_path(model_dir: Path, sparsity: str = "0.5") -> str:
+    return prune_record(model_dir, sparsity)["path"]
+
+
+def model_parameters(path: str) -> dict[str, torch.Tensor]:
+    """A model's parameters by canonical name, loaded the way every command loads it."""
+    from jdna.models import canonical_parameters, load_model, resolve
+
+    model, _ = load_model(resolve(path))
+    return {name: p.detach().clone() for name, p in canonical_parameters(model).items()}

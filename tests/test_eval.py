@@ -27,13 +27,7 @@ RECORD_FIELDS = {
 KNOB_FIELDS = {"shots", "options", "context_tokens", "train_fraction", "train_examples", "limit", "split", "seed"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a busy 2-core machine: one intra-op thread is much faster (see tests/test_scoring.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _words(rng: random.Random, n: int, pool: list[str] = WORDS) -> str:

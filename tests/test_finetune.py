@@ -16,19 +16,13 @@ from jdna.finetune.data import Schedule
 from jdna.finetune.masking import MaskEnforcer, chain_masks, dense_ref
 from jdna.models import canonical_parameters, load_model, resolve
 from tests.cli import run
-from tests.conftest import WORDS, InterruptAt
+from tests.conftest import WORDS, InterruptAt, model_parameters, prune_record
 
 LABELS = ["cat", "dog", "red"]
 FAST = ["--epochs", "2", "--batch-size", "8", "--lr", "1e-3", "--eval-limit", "20"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train fastest on one thread (and a loaded shared machine makes 2 threads spin)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -57,21 +51,10 @@ def mc_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _prune(model_dir: Path) -> dict:
-    result = run("prune", str(model_dir), "--sparsity", "0.5")
-    assert result.code == 0, result.stderr
-    return result.record
-
-
-def _params(path: str) -> dict[str, torch.Tensor]:
-    model, _ = load_model(resolve(path))
-    return {name: p.detach().clone() for name, p in canonical_parameters(model).items()}
-
-
 @pytest.mark.parametrize("which", ["tiny_bert", "tiny_llama"])
 def test_mode_invariants(which: str, request: pytest.FixtureRequest, task_file: Path) -> None:
     model_dir = request.getfixturevalue(which)
-    pruned = _prune(model_dir)
+    pruned = prune_record(model_dir)
     masks = chain_masks(resolve(pruned["path"]))
     dense_model, _ = load_model(resolve(str(model_dir)))
     dense = {name: p.detach().clone() for name, p in canonical_parameters(dense_model).items()}
@@ -84,7 +67,7 @@ def test_mode_invariants(which: str, request: pytest.FixtureRequest, task_file: 
         assert record["kind"] == "finetuned" and record["mode"] == mode and record["objective"] == "classification"
         assert record["split"] == {**record["split"], "train_pool": 60, "validation_pool": 30, "train_used": 60,
                                    "validation_used": 20}
-        weights = _params(record["path"])
+        weights = model_parameters(record["path"])
         changed = sum(int((weights[n] != dense[n]).sum()) for n in masks)
         assert changed > 0, f"{mode}: training changed nothing"
         if mode == "sparse":
@@ -191,7 +174,7 @@ def test_stratified_subsampling(task_file: Path) -> None:
 
 
 def test_resume_after_interrupt_equals_uninterrupted(tiny_bert: Path, task_file: Path, tmp_path: Path) -> None:
-    ref = resolve(_prune(tiny_bert)["path"])
+    ref = resolve(prune_record(tiny_bert)["path"])
     config = FinetuneConfig(
         task=f"file:{task_file}", mode="sparse", epochs=2, batch_size=8, lr=1e-3, eval_limit=20, checkpoint_every=3
     )
@@ -212,7 +195,7 @@ def test_resume_after_interrupt_equals_uninterrupted(tiny_bert: Path, task_file:
 
 
 def test_dense_ref_and_masks(tiny_llama: Path) -> None:
-    ref = resolve(_prune(tiny_llama)["path"])
+    ref = resolve(prune_record(tiny_llama)["path"])
     assert dense_ref(ref).chain == [] and len(chain_masks(ref)) > 0
     assert chain_masks(resolve(str(tiny_llama))) == {}
 

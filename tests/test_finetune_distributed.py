@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 from jdna.artifact import read_artifact
 from jdna.progress import Reporter
 from tests.cli import run
-from tests.conftest import WORDS, InterruptAt, build_tiny_bert
+from tests.conftest import WORDS, InterruptAt, build_tiny_bert, prune_path
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ["cat", "dog", "red"]
@@ -36,13 +36,7 @@ ANSWERS = ["cat", "dog red", "blue green three"]  # gold answers of 1, 2 and 3 t
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The in-process reference runs on one thread, as each launched process does (OMP_NUM_THREADS=1)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _write(path: Path, rows: list[dict]) -> Path:
@@ -85,12 +79,6 @@ def bert_without_dropout(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     (directory / "config.json").write_text(json.dumps(config))
     return directory
-
-
-def _prune(model_dir: Path) -> str:
-    result = run("prune", str(model_dir), "--sparsity", "0.5")
-    assert result.code == 0, result.stderr
-    return result.record["path"]
 
 
 def _torchrun(*args: str, module: str = "jdna") -> subprocess.CompletedProcess:
@@ -138,7 +126,7 @@ def _check_launch(result: subprocess.CompletedProcess) -> dict:
 
 def test_classification_matches_one_process(bert_without_dropout: Path, classification_file: Path,
                                             tmp_path: Path) -> None:
-    pruned = _prune(bert_without_dropout)
+    pruned = prune_path(bert_without_dropout)
     # 49 = 4 x 12 + 1: each epoch's last micro-batch holds one example, so process 1 has none and joins the
     # all-reduce with a weight-0 example (one process: that step is a lone 1-example micro-batch).
     common = ["--task", f"file:{classification_file}", "--mode", "sparse", "--epochs", "2", "--lr", "1e-3",
@@ -153,7 +141,7 @@ def test_classification_matches_one_process(bert_without_dropout: Path, classifi
 
 
 def test_answer_token_objective_matches_one_process(tiny_llama: Path, mc_file: Path, tmp_path: Path) -> None:
-    pruned = _prune(tiny_llama)
+    pruned = prune_path(tiny_llama)
     common = ["--task", f"file:{mc_file}", "--mode", "sparse", "--epochs", "2", "--lr", "1e-3", "--eval-limit", "12"]
     launched = _torchrun("finetune", pruned, *common, "--batch-size", "8", "-o", str(tmp_path / "dp.safetensors"))
     record = _check_launch(launched)
@@ -170,7 +158,7 @@ def test_interrupted_run_resumes_on_every_process(bert_without_dropout: Path, cl
     """Rank 0 gets SIGINT after step 5: both processes stop after step 6 (the next step's agreement), rank 0
     writes one checkpoint with both processes' RNG states, and rerunning resumes it on both, ending exactly
     where an uninterrupted data-parallel run ends."""
-    pruned = _prune(bert_without_dropout)
+    pruned = prune_path(bert_without_dropout)
     module = "tests.test_finetune_distributed"
     launched = _torchrun("resume", pruned, str(classification_file), str(tmp_path), module=module)
     assert launched.returncode == 0, launched.stderr[-3000:]

@@ -22,19 +22,14 @@ from jdna.finetune.masking import MaskEnforcer, chain_masks
 from jdna.models import canonical_parameters, load_model, resolve
 from jdna.tasks import format_mc_prompt, format_prompt
 from tests.cli import run
-from tests.conftest import WORDS, InterruptAt, make_tokenizer
+from tests.conftest import WORDS, InterruptAt, make_tokenizer, model_parameters, prune_record
 
 KEYS = ["cat", "dog", "red"]
 FAST = ["--epochs", "2", "--batch-size", "8", "--lr", "1e-3", "--eval-limit", "16"]
 FILLER = [w for w in WORDS if w not in KEYS]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _write(path: Path, rows: list[dict], header: dict | None = None) -> Path:
@@ -155,28 +150,17 @@ def test_training_reduces_answer_loss(tiny_llama: Path, mc_file: Path, tmp_path:
     assert record["metrics"]["acc"]["value"] > 0.75
 
 
-def _prune(model_dir: Path) -> dict:
-    result = run("prune", str(model_dir), "--sparsity", "0.5")
-    assert result.code == 0, result.stderr
-    return result.record
-
-
-def _params(path: str) -> dict[str, torch.Tensor]:
-    model, _ = load_model(resolve(path))
-    return {name: p.detach().clone() for name, p in canonical_parameters(model).items()}
-
-
 def test_mode_invariants_on_the_lm_path(tiny_llama: Path, mc_file: Path) -> None:
-    pruned = _prune(tiny_llama)
+    pruned = prune_record(tiny_llama)
     masks = chain_masks(resolve(pruned["path"]))
-    dense = _params(str(tiny_llama))
+    dense = model_parameters(str(tiny_llama))
     for mode in ("sparse", "freeze", "regrow", "dense"):
         result = run("finetune", pruned["path"], "--task", f"file:{mc_file}", "--mode", mode, *FAST)
         assert result.code == 0, result.stderr
         record = result.record
         assert record["objective"] == "answer_tokens" and record["mode"] == mode
         assert read_artifact(Path(record["path"])).header["head"]["type"] == "causal_lm"
-        weights = _params(record["path"])
+        weights = model_parameters(record["path"])
         assert "lm_head.weight" in weights  # the LM head is trained and stored, no classification head
         kept_changed = sum(int((weights[n][k] != dense[n][k]).sum()) for n, k in masks.items())
         assert kept_changed > 0, f"{mode}: training changed nothing"
@@ -197,7 +181,7 @@ def test_mode_invariants_on_the_lm_path(tiny_llama: Path, mc_file: Path) -> None
 
 def test_sparse_lm_training_keeps_adam_moments_zero(tiny_llama: Path, mc_file: Path) -> None:
     """The loop on LM data: pruned weights and both Adam moments stay exactly zero, kept ones move."""
-    ref = resolve(_prune(tiny_llama)["path"])
+    ref = resolve(prune_record(tiny_llama)["path"])
     task = load_finetune_task(f"file:{mc_file}")
     model, tokenizer = load_model(ref, head=LM_HEAD)
     masks = chain_masks(ref)
@@ -218,7 +202,7 @@ def test_sparse_lm_training_keeps_adam_moments_zero(tiny_llama: Path, mc_file: P
 
 
 def test_resume_equals_uninterrupted(tiny_llama: Path, mc_file: Path, tmp_path: Path) -> None:
-    ref = resolve(_prune(tiny_llama)["path"])
+    ref = resolve(prune_record(tiny_llama)["path"])
     config = FinetuneConfig(
         task=f"file:{mc_file}", mode="sparse", epochs=3, batch_size=4, lr=1e-3, eval_limit=12, checkpoint_every=2
     )

@@ -33,14 +33,7 @@ def _corpus() -> list[str]:
     return lines + ["Question: what is the answer?\nAnswer: the answer is words."] * 20
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: the model is tiny, and on a busy 2-core machine OpenMP's spinning threads make
-    every forward hundreds of times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
