@@ -14,6 +14,19 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _make_command(tmp_path: Path, *settings: str) -> tuple[list[str], dict[str, str], Path]:
+    """The real Makefile with its install and data steps stamped done, runs and results under `tmp_path`;
+    "{results}" in a setting becomes the results folder."""
+    stamp = tmp_path / "bigbench-present"
+    stamp.write_text("")
+    results = tmp_path / "results"
+    jdna = Path(sys.executable).parent / "jdna"
+    env = {**os.environ, "JDNA_RUNS": str(tmp_path / "runs"), "JDNA_HOME": str(tmp_path / "home")}
+    args = ["make", "-C", str(REPO), "--no-print-directory", f"R={results}", f"JDNA={jdna}", f"STAMP={stamp}",
+            f"BIGBENCH_STAMP={stamp}", *(setting.replace("{results}", str(results)) for setting in settings)]
+    return args, env, results
+
+
 @pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
 def test_setting2_and_quantization_targets_end_to_end(tiny_llama: Path, tmp_path: Path) -> None:
     task = tmp_path / "mc.jsonl"
@@ -22,19 +35,13 @@ def test_setting2_and_quantization_targets_end_to_end(tiny_llama: Path, tmp_path
         for i, w in enumerate(["cat", "dog", "river", "king", "queen", "city", "game", "story"])
     ]
     task.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
-    stamp = tmp_path / "bigbench-present"
-    stamp.write_text("")
-    results = tmp_path / "results"
-    jdna = Path(sys.executable).parent / "jdna"
-    env = {**os.environ, "JDNA_RUNS": str(tmp_path / "runs"), "JDNA_HOME": str(tmp_path / "home")}
-    args = [
-        "make", "-C", str(REPO), "--no-print-directory",
-        f"R={results}", f"JDNA={jdna}", f"STAMP={stamp}", f"BIGBENCH_STAMP={stamp}",
+    args, env, results = _make_command(
+        tmp_path,
         f"LM={tiny_llama}", f"S2_MODEL={tiny_llama}", f"Q_MODEL={tiny_llama}", f"S2_TASK=file:{task}",
         "SPARSITIES=0.5", "S2_OPTIONS=2 3 5", "LIMIT=8", "Q_BITS=4", "Q_RANKS=0.5",
-        f"{results}/setting2/difficulty.json", f"{results}/setting2/figure.png",
-        f"{results}/quantization/difficulty.json", f"{results}/quantization/figure.png",
-    ]
+        "{results}/setting2/difficulty.json", "{results}/setting2/figure.png",
+        "{results}/quantization/difficulty.json", "{results}/quantization/figure.png",
+    )
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     records = [json.loads(line) for line in (results / "setting2" / "records.jsonl").read_text().splitlines()]
@@ -62,18 +69,13 @@ def test_transfer_target_compares_the_modes_level_by_level(tiny_bert: Path, tmp_
     ]
     task = tmp_path / "cls.jsonl"
     task.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
-    stamp = tmp_path / "bigbench-present"
-    stamp.write_text("")
-    results = tmp_path / "results"
-    jdna = Path(sys.executable).parent / "jdna"
-    env = {**os.environ, "JDNA_RUNS": str(tmp_path / "runs"), "JDNA_HOME": str(tmp_path / "home")}
-    done = subprocess.run([
-        "make", "-C", str(REPO), "--no-print-directory",
-        f"R={results}", f"JDNA={jdna}", f"STAMP={stamp}", f"BIGBENCH_STAMP={stamp}",
+    args, env, results = _make_command(
+        tmp_path,
         f"T_MODEL={tiny_bert}", f"T_TASK=file:{task}", "T_TRAIN=8 16", "T_MODES=dense sparse freeze",
         "SPARSITIES=0.5", "S1_FLAGS=--epochs 1 --batch-size 4 --max-length 16 --eval-limit 8",
-        f"{results}/transfer/difficulty.json", f"{results}/transfer/figure.png",
-    ], env=env, capture_output=True, text=True, timeout=600)
+        "{results}/transfer/difficulty.json", "{results}/transfer/figure.png",
+    )
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     records = [json.loads(line) for line in (results / "transfer" / "records.jsonl").read_text().splitlines()]
     assert sorted((r["mode"], r["train_examples"]) for r in records) == [
