@@ -7,12 +7,23 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import typer
 from rich.console import Console
 
 from jdna.errors import JdnaError
 from jdna.progress import Reporter
+
+# Arguments and options that several commands share, declared once so their help and defaults stay in step.
+ModelArgument = Annotated[
+    str | None, typer.Argument(help="Path, HF id, demo name, or '-'/nothing to read a record from stdin.")
+]
+ArtifactOutput = Annotated[
+    str | None, typer.Option("--output", "-o", help="Artifact path (default: content-addressed under ./runs/).")
+]
+ForceRecompute = Annotated[bool, typer.Option(help="Recompute even if the content-addressed artifact exists.")]
+AllowPickle = Annotated[bool, typer.Option(help="Allow loading pickle (.bin) weights. Only for trusted models.")]
 
 console = Console(stderr=True, highlight=False)
 

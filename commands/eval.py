@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from jdna.commands.common import CliReporter, emit, model_from_stdin
+from jdna.commands.common import AllowPickle, CliReporter, ModelArgument, emit, model_from_stdin
 from jdna.errors import JdnaError
 from jdna.evaluation import EvalConfig, prepare, run_eval, summary, validate
 from jdna.models import resolve
@@ -26,9 +26,7 @@ def _record_path(output: str | None) -> Path | None:
 
 
 def eval_command(
-    model: Annotated[
-        str | None, typer.Argument(help="Path, HF id, demo name, or '-'/nothing to read a record from stdin.")
-    ] = None,
+    model: ModelArgument = None,
     task: Annotated[
         str | None, typer.Option("--task", "-t", help="Task spec: see 'jdna tasks' (e.g. mmlu, file:PATH).")
     ] = None,
@@ -74,9 +72,7 @@ def eval_command(
         typer.Option("--output", "-o", help="Record path (default: content-addressed under ./runs/eval/)."),
     ] = None,
     force: Annotated[bool, typer.Option(help="Recompute even if the content-addressed record exists.")] = False,
-    allow_pickle: Annotated[
-        bool, typer.Option(help="Allow loading pickle (.bin) weights. Only for trusted models.")
-    ] = False,
+    allow_pickle: AllowPickle = False,
 ) -> None:
     """Evaluate a model on a task (multiple choice, generation, perplexity, classification) with difficulty knobs.
 

@@ -7,7 +7,15 @@ from typing import Annotated
 
 import typer
 
-from jdna.commands.common import CliReporter, emit, model_from_stdin, output_path
+from jdna.commands.common import (
+    AllowPickle,
+    ArtifactOutput,
+    CliReporter,
+    ModelArgument,
+    emit,
+    model_from_stdin,
+    output_path,
+)
 from jdna.finetune import MODES, FinetuneConfig, check_model, plan, run_finetune
 from jdna.finetune.distributed import data_parallel, launched_rank
 from jdna.models import resolve
@@ -15,9 +23,7 @@ from jdna.progress import Reporter
 
 
 def finetune(
-    model: Annotated[
-        str | None, typer.Argument(help="Path, HF id, demo name, or '-'/nothing to read a record from stdin.")
-    ] = None,
+    model: ModelArgument = None,
     task: Annotated[
         str | None,
         typer.Option(
@@ -68,16 +74,11 @@ def finetune(
     checkpoint_every: Annotated[
         int, typer.Option(help="Write a resumable checkpoint every N optimizer steps (and on Ctrl-C/SIGTERM).")
     ] = 100,
-    output: Annotated[
-        str | None,
-        typer.Option("--output", "-o", help="Artifact path (default: content-addressed under ./runs/)."),
-    ] = None,
+    output: ArtifactOutput = None,
     force: Annotated[
         bool, typer.Option(help="Retrain even if the content-addressed artifact exists; drop any checkpoint.")
     ] = False,
-    allow_pickle: Annotated[
-        bool, typer.Option(help="Allow loading pickle (.bin) weights. Only for trusted models.")
-    ] = False,
+    allow_pickle: AllowPickle = False,
 ) -> None:
     """Fine-tune a (pruned) model on a task; check the mode's invariant; evaluate the validation items.
 

@@ -6,15 +6,22 @@ from typing import Annotated
 
 import typer
 
-from jdna.commands.common import CliReporter, emit, model_from_stdin, output_path
+from jdna.commands.common import (
+    AllowPickle,
+    ArtifactOutput,
+    CliReporter,
+    ForceRecompute,
+    ModelArgument,
+    emit,
+    model_from_stdin,
+    output_path,
+)
 from jdna.models import resolve
 from jdna.quantization.run import LowRankConfig, plan_lowrank, run_lowrank
 
 
 def lowrank(
-    model: Annotated[
-        str | None, typer.Argument(help="Path, HF id, demo name, or '-'/nothing to read a record from stdin.")
-    ] = None,
+    model: ModelArgument = None,
     rank_ratio: Annotated[
         float | None,
         typer.Option("--rank-ratio", "-r", help="Rank kept as a fraction of min(rows, cols), in (0, 1]."),
@@ -29,16 +36,9 @@ def lowrank(
     exclude: Annotated[
         list[str] | None, typer.Option(help="Never factorize parameters matching this glob (repeatable).")
     ] = None,
-    output: Annotated[
-        str | None,
-        typer.Option("--output", "-o", help="Artifact path (default: content-addressed under ./runs/)."),
-    ] = None,
-    force: Annotated[
-        bool, typer.Option(help="Recompute even if the content-addressed artifact exists.")
-    ] = False,
-    allow_pickle: Annotated[
-        bool, typer.Option(help="Allow loading pickle (.bin) weights. Only for trusted models.")
-    ] = False,
+    output: ArtifactOutput = None,
+    force: ForceRecompute = False,
+    allow_pickle: AllowPickle = False,
 ) -> None:
     """Replace each transformer-block weight matrix W by U_r S_r V_rᵀ and write a lowrank artifact (factors)."""
     config = LowRankConfig(

@@ -6,15 +6,22 @@ from typing import Annotated
 
 import typer
 
-from jdna.commands.common import CliReporter, emit, model_from_stdin, output_path
+from jdna.commands.common import (
+    AllowPickle,
+    ArtifactOutput,
+    CliReporter,
+    ForceRecompute,
+    ModelArgument,
+    emit,
+    model_from_stdin,
+    output_path,
+)
 from jdna.models import resolve
 from jdna.pruning import METHODS, PruneConfig, plan_prune, run_prune
 
 
 def prune(
-    model: Annotated[
-        str | None, typer.Argument(help="Path, HF id, demo name, or '-'/nothing to read a record from stdin.")
-    ] = None,
+    model: ModelArgument = None,
     sparsity: Annotated[
         float | None,
         typer.Option("--sparsity", "-s", help="Fraction of prunable weights to remove, in [0, 1)."),
@@ -56,16 +63,9 @@ def prune(
     damp: Annotated[
         float, typer.Option(help="SparseGPT: Hessian dampening as a fraction of its mean diagonal.")
     ] = 0.01,
-    output: Annotated[
-        str | None,
-        typer.Option("--output", "-o", help="Artifact path (default: content-addressed under ./runs/)."),
-    ] = None,
-    force: Annotated[
-        bool, typer.Option(help="Recompute even if the content-addressed artifact exists.")
-    ] = False,
-    allow_pickle: Annotated[
-        bool, typer.Option(help="Allow loading pickle (.bin) weights. Only for trusted models.")
-    ] = False,
+    output: ArtifactOutput = None,
+    force: ForceRecompute = False,
+    allow_pickle: AllowPickle = False,
 ) -> None:
     """Prune a model's transformer-block weight matrices and write a pruned artifact (masks over the base)."""
     config = PruneConfig(

@@ -6,15 +6,22 @@ from typing import Annotated
 
 import typer
 
-from jdna.commands.common import CliReporter, emit, model_from_stdin, output_path
+from jdna.commands.common import (
+    AllowPickle,
+    ArtifactOutput,
+    CliReporter,
+    ForceRecompute,
+    ModelArgument,
+    emit,
+    model_from_stdin,
+    output_path,
+)
 from jdna.models import resolve
 from jdna.quantization.run import QUANT_METHODS, QuantizeConfig, plan_quantize, run_quantize
 
 
 def quantize(
-    model: Annotated[
-        str | None, typer.Argument(help="Path, HF id, demo name, or '-'/nothing to read a record from stdin.")
-    ] = None,
+    model: ModelArgument = None,
     bits: Annotated[int | None, typer.Option("--bits", "-b", help="Code width, 2 to 8.")] = None,
     method: Annotated[str, typer.Option(help=f"One of: {', '.join(QUANT_METHODS)}.")] = "rtn",
     granularity: Annotated[
@@ -49,16 +56,9 @@ def quantize(
     act_order: Annotated[
         bool, typer.Option("--act-order", help="GPTQ: visit columns by decreasing Hessian diagonal.")
     ] = False,
-    output: Annotated[
-        str | None,
-        typer.Option("--output", "-o", help="Artifact path (default: content-addressed under ./runs/)."),
-    ] = None,
-    force: Annotated[
-        bool, typer.Option(help="Recompute even if the content-addressed artifact exists.")
-    ] = False,
-    allow_pickle: Annotated[
-        bool, typer.Option(help="Allow loading pickle (.bin) weights. Only for trusted models.")
-    ] = False,
+    output: ArtifactOutput = None,
+    force: ForceRecompute = False,
+    allow_pickle: AllowPickle = False,
 ) -> None:
     """Quantize a model's transformer-block weight matrices and write a quantized artifact (packed codes).
 
