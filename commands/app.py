@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import traceback
+from typing import Any
 
 import click
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from jdna import __version__
-from jdna.commands import difficulty, export, finetune, info, lmc, lowrank, plot, prune, quantize
-from jdna.commands import eval as eval_cmd
-from jdna.commands import tasks as tasks_cmd
-from jdna.errors import JdnaError
+from jdna.commands import aliases
+from jdna.errors import JdnaError, nearest
 
 try:  # newer typer vendors its own click
     from typer._click import exceptions as _typer_click
@@ -24,26 +25,98 @@ _EXIT = (click.exceptions.Exit, typer.Exit)
 _CLICK_ERRORS = (click.exceptions.ClickException, _typer_click.ClickException)
 _ABORT = (click.exceptions.Abort, typer.Abort)
 
+# Subcommands by name: (module under jdna.commands, function, one-line help). A module is imported only when
+# its command runs (or its own --help is asked for), so `jdna --help` and `--version` never import torch,
+# transformers or matplotlib. The one-line help must match the first line of the function's docstring (a test
+# checks it); that line is what `jdna --help` lists.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "prune": ("prune", "prune", "Prune a model's transformer-block weight matrices and write a pruned artifact "
+              "(masks over the base)."),
+    "info": ("info", "info", "Describe an artifact or a model: lineage, parameters, achieved sparsity and bits "
+             "per weight."),
+    "export": ("export", "export", "Materialise a model (base + artifact chain) as a plain HF directory usable "
+               "by any transformers tool."),
+    "finetune": ("finetune", "finetune", "Fine-tune a (pruned) model on a task; check the mode's invariant; "
+                 "evaluate the validation items."),
+    "quantize": ("quantize", "quantize", "Quantize a model's transformer-block weight matrices and write a "
+                 "quantized artifact (packed codes)."),
+    "lowrank": ("lowrank", "lowrank", "Replace each transformer-block weight matrix W by U_r S_r V_rᵀ and write "
+                "a lowrank artifact (factors)."),
+    "difficulty": ("difficulty", "difficulty", "Normalised performance by task difficulty, and the Junk DNA "
+                   "hypothesis statistics per compression level."),
+    "plot": ("plot", "plot", "Draw one of the study's figures from result records (PNG/SVG/PDF, or a text chart "
+             "without -o)."),
+    "eval": ("eval", "eval_command", "Evaluate a model on a task (multiple choice, generation, perplexity, "
+             "classification) with difficulty knobs."),
+    "tasks": ("tasks", "tasks", "List the tasks jdna eval can run: a table on stderr, one JSON line {\"kind\": "
+              "\"tasks\", ...} on stdout."),
+    "lmc": ("lmc", "lmc", "Evaluate θ(α) = (1−α)θ_A + αθ_B on a grid and report loss, metric and the barrier "
+            "height."),
+    "runs": ("runs", "app", "List the runs under ./runs (or $JDNA_RUNS), or clean up what nothing references."),
+}
+
+# Help text is plain text: task specs such as "bigbench:NAME[/SUBTASK]" are not rich markup.
+MARKUP_MODE: Any = None
+
+
+def load_command(name: str) -> click.Command:
+    """The click command of subcommand `name`, importing its module now."""
+    module_name, attribute, _ = COMMANDS[name]
+    module = importlib.import_module(f"jdna.commands.{module_name}")
+    target = getattr(module, attribute)
+    if isinstance(target, typer.Typer):  # a command with subcommands of its own (jdna runs gc)
+        return typer.main.get_command(target)
+    single = typer.Typer(rich_markup_mode=MARKUP_MODE, pretty_exceptions_enable=False, add_completion=False)
+    single.command(name)(target)
+    return typer.main.get_command(single)
+
+
+class LazyGroup(TyperGroup):
+    """The root group: lists subcommands from COMMANDS and imports one only when it is resolved to run."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._loaded: dict[str, click.Command] = {}
+        self._resolving = False
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        if self._resolving or cmd_name in self._loaded:
+            if cmd_name not in self._loaded:
+                self._loaded[cmd_name] = load_command(cmd_name)
+            return self._loaded[cmd_name]
+        # Listing (the root --help, completing a subcommand name): the name and its line of help suffice.
+        short = COMMANDS[cmd_name][2]
+        return TyperCommand(cmd_name, help=short, short_help=short)
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and name not in COMMANDS:
+            suggestion = nearest(name, COMMANDS)
+            hint = f"did you mean '{suggestion}'? " if suggestion else ""
+            raise JdnaError(f"unknown command '{name}': {hint}valid: {', '.join(COMMANDS)}")
+        self._resolving = True
+        try:
+            return super().resolve_command(ctx, args)
+        finally:
+            self._resolving = False
+
+
 app = typer.Typer(
     name="jdna",
     help="Study what compression does to pretrained transformers as downstream tasks get harder.\n\n"
     "Each command prints one JSON line on stdout, so steps pipe: jdna prune M -s 0.5 | jdna info",
-    add_completion=False,
+    cls=LazyGroup,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=MARKUP_MODE,
 )
-
-app.command("prune")(prune.prune)
-app.command("info")(info.info)
-app.command("export")(export.export)
-app.command("finetune")(finetune.finetune)
-app.command("quantize")(quantize.quantize)
-app.command("lowrank")(lowrank.lowrank)
-app.command("difficulty")(difficulty.difficulty)
-app.command("plot")(plot.plot)
-app.command("eval")(eval_cmd.eval_command)
-app.command("tasks")(tasks_cmd.tasks)
-app.command("lmc")(lmc.lmc)
 
 
 def _print_version(value: bool) -> None:
@@ -58,8 +131,30 @@ def _root(
     version: bool = typer.Option(
         False, "--version", help="Print the version and exit.", callback=_print_version, is_eager=True
     ),
+    progress: bool = typer.Option(
+        None,
+        "--progress/--no-progress",
+        help="Draw progress (rate, ETA) on stderr; default: only when stderr is a terminal. Also accepted after "
+        "the subcommand, or as JDNA_PROGRESS=1/0.",
+        show_default=False,
+    ),
 ) -> None:
     pass
+
+
+def _take_progress_flags(args: list[str]) -> tuple[list[str], bool | None]:
+    """Remove --progress/--no-progress from anywhere on the command line (they apply to every command)."""
+    forced: bool | None = None
+    kept: list[str] = []
+    for index, arg in enumerate(args):
+        if arg == "--":  # everything after it is an argument, not an option
+            kept.extend(args[index:])
+            break
+        if arg in ("--progress", "--no-progress"):
+            forced = arg == "--progress"
+        else:
+            kept.append(arg)
+    return kept, forced
 
 
 def _subcommand(argv: list[str]) -> str:
@@ -67,6 +162,18 @@ def _subcommand(argv: list[str]) -> str:
         if not arg.startswith("-"):
             return arg
     return ""
+
+
+def _click_message(command: str, error: Exception) -> str:
+    """click's message, with an unknown option's suggestion taken from jdna's flags and the alias table."""
+    option = getattr(error, "option_name", None)
+    ctx = getattr(error, "ctx", None)
+    if option and ctx is not None and type(error).__name__ == "NoSuchOption":
+        valid = [name for param in ctx.command.params for name in [*param.opts, *param.secondary_opts]]
+        suggestion = aliases.suggest_option(command, option, valid)
+        hint = f": did you mean {suggestion}?" if suggestion else ""
+        return f"no such option {option}{hint}"
+    return error.format_message()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,8 +184,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     debug = "--debug" in args or os.environ.get("JDNA_DEBUG") == "1"
     args = [a for a in args if a != "--debug"]
+    args, forced = _take_progress_flags(args)
+    from jdna.commands import common
+
+    common.progress_forced = forced
     name = _subcommand(args)
-    prefix = f"jdna {name}" if name else "jdna"
+    args = aliases.rewrite(name, args)
+    prefix = f"jdna {name}" if name in COMMANDS else "jdna"
     try:
         result = app(args=args, prog_name="jdna", standalone_mode=False)
         code = result if isinstance(result, int) else 0
@@ -93,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     except _CLICK_ERRORS as error:
         if debug:
             traceback.print_exc()
-        message = " ".join(error.format_message().split())
+        message = " ".join(_click_message(name, error).split())
         if message:  # empty when click has just printed the help (no arguments at all)
             sys.stderr.write(f"{prefix}: error: {message} (see '{prefix} --help')\n")
         code = error.exit_code if error.exit_code else 2

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,7 +12,7 @@ import typer
 from rich.console import Console
 
 from jdna.errors import JdnaError
-from jdna.progress import Reporter
+from jdna.progress import Meter, Reporter
 
 # Arguments and options that several commands share, declared once so their help and defaults stay in step.
 ModelArgument = Annotated[
@@ -30,31 +29,69 @@ console = Console(stderr=True, highlight=False)
 ARTIFACT_KINDS = ("pruned", "quantized", "lowrank", "finetuned")
 
 
+# Whether commands draw progress: None = on a terminal only; True/False = forced by --progress/--no-progress
+# (anywhere on the command line) or JDNA_PROGRESS=1/0. Set by app.main for each invocation.
+PROGRESS_ENV = "JDNA_PROGRESS"
+progress_forced: bool | None = None
+
+
+def progress_wanted() -> bool | None:
+    """The --progress/--no-progress choice, else JDNA_PROGRESS (1/0), else None (decide by the terminal)."""
+    if progress_forced is not None:
+        return progress_forced
+    value = os.environ.get(PROGRESS_ENV, "").strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    return None
+
+
 class CliReporter(Reporter):
-    """Logs and progress on stderr: a live bar on a terminal, plain periodic lines otherwise."""
+    """Logs and progress on stderr: a live bar with rate and ETA on a terminal, nothing otherwise.
+
+    Off a terminal, --progress (or JDNA_PROGRESS=1) asks for plain lines instead, at most one every few
+    seconds per stage plus the last; --no-progress silences the bar on a terminal too.
+    """
+
+    LINE_EVERY_S = 5.0
 
     def __init__(self, command: str) -> None:
         self.command = command
+        wanted = progress_wanted()
         self.interactive = console.is_terminal
+        self.enabled = self.interactive if wanted is None else wanted
+        self.meter = Meter()
         self._last_line = 0.0
+        self._bar_open = False
+
+    def _close_bar(self) -> None:
+        if self._bar_open:
+            console.file.write("\r\x1b[2K")
+            console.file.flush()
+            self._bar_open = False
 
     def log(self, message: str) -> None:
+        self._close_bar()
         console.print(f"[dim]jdna {self.command}:[/dim] {message}")
 
     def progress(self, stage: str, done: int, total: int) -> None:
-        now = time.monotonic()
+        if not self.enabled:
+            return
+        self.meter.update(stage, done, total)
         finished = done >= total
         if self.interactive:
             width = 24
             filled = int(width * done / max(total, 1))
             bar = "█" * filled + "·" * (width - filled)
-            console.file.write(f"\r  {stage} [{bar}] {done}/{total}")
+            console.file.write(f"\r\x1b[2K  {stage} [{bar}] {self.meter.describe()}")
+            self._bar_open = not finished
             if finished:
                 console.file.write("\n")
             console.file.flush()
-        elif finished or now - self._last_line > 5:
-            self._last_line = now
-            self.log(f"{stage}: {done}/{total}")
+        elif finished or self.meter.now - self._last_line >= self.LINE_EVERY_S:
+            self._last_line = self.meter.now
+            console.print(f"[dim]jdna {self.command}:[/dim] {stage}: {self.meter.describe()}", markup=True)
 
 
 def model_from_stdin(model: str | None) -> str:

@@ -103,11 +103,15 @@ def difficulty(
     loaded = load_records(records or [], stdin=sys.stdin, kinds=("eval",))
     analysis = analyse(loaded, axes=axes, baselines=table_, n_resamples=resamples, seed=seed)
     body = analysis.record()
-    record_id = sha256_text(canonical_json([body, sorted(str(r.get("id") or r.get("path")) for r in loaded)]))
+    record_ids = sorted(str(r.get("id") or r.get("path")) for r in loaded)
+    # The baseline table's bytes enter the id even when no gap axis used them: every input is addressed.
+    record_id = sha256_text(canonical_json([body, record_ids, table_.inputs] if table_.inputs else [body, record_ids]))
     if out is None:
         out = runs_dir() / "difficulty" / f"{record_id[:20]}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
     record = {"kind": "difficulty", "path": str(out), "id": record_id, "n_records": len(loaded), **body}
+    if table_.inputs:
+        record["inputs"] = {"baselines": table_.inputs}
     write_json_atomic(out, record)
 
     console.print(table(record), markup=False, highlight=False, soft_wrap=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -9,9 +10,10 @@ import typer
 
 from jdna.commands.common import AllowPickle, CliReporter, ModelArgument, emit, model_from_stdin
 from jdna.errors import JdnaError
-from jdna.evaluation import EvalConfig, prepare, run_eval, summary, validate
+from jdna.evaluation import EvalConfig, parse_limit, prepare, run_evals, summary, validate
 from jdna.models import resolve
 from jdna.paths import expand
+from jdna.tasks import default_shots
 
 
 def _record_path(output: str | None) -> Path | None:
@@ -25,14 +27,44 @@ def _record_path(output: str | None) -> Path | None:
     return path
 
 
+def task_specs(task: str | None, tasks: str | None) -> list[str]:
+    """--task and/or --tasks a,b,c, in order, without repeats."""
+    specs = ([task] if task else []) + [spec.strip() for spec in (tasks or "").split(",") if spec.strip()]
+    if not specs:
+        raise JdnaError("no task given: pass --task NAME or --tasks A,B (see 'jdna tasks')")
+    return list(dict.fromkeys(specs))
+
+
+def samples_path(log_samples: str | None, spec: str, n_tasks: int) -> Path | None:
+    """Where --log-samples writes for `spec`: the path itself, or PATH.<task>.jsonl when several tasks run."""
+    if not log_samples:
+        return None
+    path = expand(log_samples)
+    if n_tasks == 1:
+        return path
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", spec).strip("_")
+    return path.with_name(f"{path.stem}.{safe}{path.suffix or '.jsonl'}")
+
+
 def eval_command(
     model: ModelArgument = None,
     task: Annotated[
-        str | None, typer.Option("--task", "-t", help="Task spec: see 'jdna tasks' (e.g. mmlu, file:PATH).")
+        str | None,
+        typer.Option("--task", "-t", help="Task spec: see 'jdna tasks' (e.g. mmlu, file:PATH, lmeval:PATH.yaml)."),
+    ] = None,
+    tasks: Annotated[
+        str | None,
+        typer.Option("--tasks", help="Several task specs, comma-separated (as lm-eval): one record, one line each."),
     ] = None,
     shots: Annotated[
-        int, typer.Option(help="Demonstrations per prompt, drawn (seeded) from the task's train pool.")
-    ] = 0,
+        int | None,
+        typer.Option(
+            "--shots",
+            "--num-fewshot",
+            help="Demonstrations per prompt, drawn (seeded) from the task's train pool (default 0; an lm-eval "
+            "YAML's num_fewshot).",
+        ),
+    ] = None,
     options: Annotated[
         int | None, typer.Option(help="Multiple choice: keep the gold answer plus N-1 seeded distractors.")
     ] = None,
@@ -48,7 +80,17 @@ def eval_command(
     train_examples: Annotated[
         int | None, typer.Option(help="Classification: number of training examples used to fine-tune.")
     ] = None,
-    limit: Annotated[int | None, typer.Option(help="Evaluate a seeded sample of N items.")] = None,
+    limit: Annotated[
+        str | None,
+        typer.Option(help="Evaluate N items, or a fraction 0<x<1 of them (rounded up); which ones: --limit-mode."),
+    ] = None,
+    limit_mode: Annotated[
+        str,
+        typer.Option(
+            help="sample (default): a seeded sample, nested in N, because a task's first N items are often one "
+            "subject (MMLU's are all abstract_algebra); first: the first N in file order, as lm-eval's --limit."
+        ),
+    ] = "sample",
     split: Annotated[str, typer.Option(help="test (the evaluation pool) or train.")] = "test",
     seed: Annotated[int, typer.Option(help="Seed of every knob's sampling and of the bootstrap.")] = 0,
     batch_size: Annotated[
@@ -65,7 +107,11 @@ def eval_command(
         str | None, typer.Option(help="BIG-bench: load the task as this kind (e.g. classification).")
     ] = None,
     log_samples: Annotated[
-        str | None, typer.Option(help="Write per-item prompts (hash), choices, scores, predictions as JSON lines.")
+        str | None,
+        typer.Option(
+            help="Write per-item full prompts, choices, scores, predictions as JSON lines (with --tasks: one file "
+            "per task, PATH.<task>.jsonl)."
+        ),
     ] = None,
     output: Annotated[
         str | None,
@@ -76,29 +122,35 @@ def eval_command(
 ) -> None:
     """Evaluate a model on a task (multiple choice, generation, perplexity, classification) with difficulty knobs.
 
-    Prints one JSON line: the result record without per-item values; the full record is at its "path".
+    Prints one JSON line per task: the result record without per-item values; the full record is at its "path".
+    Each record also holds an lm-eval-shaped "results" block (results[TASK]["acc,none"], "acc_stderr,none").
     """
-    if task is None:
-        raise JdnaError("no task given: pass --task NAME (see 'jdna tasks')")
-    config = EvalConfig(
-        task=task,
-        shots=shots,
-        options=options,
-        context_tokens=context_tokens,
-        train_fraction=train_fraction,
-        train_examples=train_examples,
-        limit=limit,
-        split=split,
-        seed=seed,
-        batch_size=batch_size,
-        max_new_tokens=max_new_tokens,
-        transfer_mode=transfer_mode,
-        as_kind=as_kind,
-        log_samples=expand(log_samples) if log_samples else None,
-    )
-    validate(config)  # flags first: nothing is read or loaded for a bad flag
+    specs = task_specs(task, tasks)
+    configs = [
+        EvalConfig(
+            task=spec,
+            shots=shots if shots is not None else default_shots(spec),
+            options=options,
+            context_tokens=context_tokens,
+            train_fraction=train_fraction,
+            train_examples=train_examples,
+            limit=parse_limit(limit),
+            limit_mode=limit_mode,
+            split=split,
+            seed=seed,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            transfer_mode=transfer_mode,
+            as_kind=as_kind,
+            log_samples=samples_path(log_samples, spec, len(specs)),
+        )
+        for spec in specs
+    ]
+    for config in configs:
+        validate(config)  # flags first: nothing is read or loaded for a bad flag
     out = _record_path(output)
-    prepare(config)  # task data and knobs (pool sizes, option counts) before any model
+    for config in configs:
+        prepare(config)  # task data and knobs (pool sizes, option counts) before any model
     ref = resolve(model_from_stdin(model), allow_pickle=allow_pickle)
-    record = run_eval(ref, config, out, CliReporter("eval"), force=force)
-    emit(summary(record))
+    for record in run_evals(ref, configs, out, CliReporter("eval"), force=force):
+        emit(summary(record))

@@ -14,6 +14,9 @@ from jdna.errors import JdnaError
 from jdna.paths import jdna_home
 
 _CHUNK = 1 << 22
+# Below this size a file is hashed afresh every time: small inputs (task files, calibration text, baseline
+# tables) are edited in place, and an edit that keeps the size within one mtime tick would hit a stale memo.
+_MEMO_MIN_BYTES = 64 << 20
 
 
 @contextlib.contextmanager
@@ -53,9 +56,11 @@ def write_json_atomic(final: Path, payload: object) -> None:
 
 
 def sha256_file(path: Path) -> str:
-    """sha256 of a file, memoised in $JDNA_HOME/hashes.json by (path, size, mtime) since models are large."""
+    """sha256 of a file; large ones (model weights) memoised in $JDNA_HOME/hashes.json by (path, size, mtime)."""
     path = Path(path).resolve()
     stat = path.stat()
+    if stat.st_size < _MEMO_MIN_BYTES:
+        return _digest(path)
     key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
     cache_file = jdna_home() / "hashes.json"
     cache: dict[str, str] = {}
@@ -63,16 +68,20 @@ def sha256_file(path: Path) -> str:
         cache = json.loads(cache_file.read_text())
     if key in cache:
         return cache[key]
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    value = digest.hexdigest()
+    value = _digest(path)
     cache[key] = value
     with contextlib.suppress(OSError, JdnaError):
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(cache_file, cache)
     return value
+
+
+def _digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def sha256_text(text: str) -> str:

@@ -154,6 +154,13 @@ def _perplexity_scorer(task_spec: str, tokenizer: Any, limit: int | None, seed: 
     return Scorer("perplexity", False, len(texts), score)
 
 
+def _task_inputs(task_spec: str, limit: int | None, seed: int) -> dict[str, str]:
+    """sha256 of every file the task was read from (part of the content address)."""
+    from jdna.evaluation import EvalConfig, prepare
+
+    return prepare(EvalConfig(task=task_spec, limit=limit, seed=seed)).task.inputs
+
+
 def make_scorer(task_spec: str, ref: ModelRef, tokenizer: Any, limit: int | None, seed: int,
                 device: torch.device) -> Scorer:
     """A (loss, metric) scorer for the task, chosen by whether the model carries a classification head."""
@@ -192,7 +199,7 @@ def run_lmc(
     if limit is not None and limit < 1:
         raise JdnaError(f"--limit {limit} is below 1")
     params = {"protocol": LMC_PROTOCOL_VERSION, "task": task, "points": points, "limit": limit, "seed": seed,
-              "other": ref_b.identity}
+              "other": ref_b.identity, "task_inputs": _task_inputs(task, limit, seed)}
     identity = artifact_id(ref_a.identity, "lmc", params)
     path = Path(output) if output else runs_dir() / "lmc" / f"{identity[:20]}.json"
     if path.exists() and not force:

@@ -48,7 +48,8 @@ from __future__ import annotations
 import inspect
 import math
 import re
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,6 +94,9 @@ _CPU_BYTE_BUDGET = 2 * 1024**3
 _CUDA_MEMORY_FRACTION = 0.5
 # log-softmax is taken over at most this many logit rows at once, to bound the float32 working copy.
 _LOGSOFTMAX_CHUNK = 512
+
+# progress(done, total): called by the long-running scorers after each forward batch.
+ProgressCallback = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -749,6 +753,7 @@ def _score_sequences(
     runner: _Runner,
     items: list[tuple[list[int], int]],
     batch_size: int | None,
+    on_batch: Callable[[list[int]], None] | None = None,
 ) -> list[tuple[float, bool]]:
     """Score independent sequences without a cache; each item is (window, n_scored), scored like lm-eval.
 
@@ -798,7 +803,26 @@ def _score_sequences(
             chunk, _sum_by_owner(logits, logit_rows, targets, owner, chunk), strict=True
         ):
             results[i] = (total, greedy)
+        if on_batch is not None:
+            on_batch(chunk)
     return results
+
+
+class _RequestProgress:
+    """Counts requests whose every option has been scored (options are scored in length order, not by
+    request), and reports them; requests without options to score count as done from the start."""
+
+    def __init__(self, units: list[_Unit], n_requests: int, progress: ProgressCallback) -> None:
+        self.left = Counter(option.out[0] for unit in units for option in unit.options)
+        self.finished = n_requests - len(self.left)
+        self.total = n_requests
+        self.progress = progress
+
+    def done(self, owners: list[int]) -> None:
+        for owner in owners:
+            self.left[owner] -= 1
+            self.finished += self.left[owner] == 0
+        self.progress(self.finished, self.total)
 
 
 @torch.inference_mode()
@@ -808,13 +832,15 @@ def loglikelihood_choices(
     requests: list[ChoiceRequest],
     batch_size: int | None = None,
     max_length: int | None = None,
+    progress: ProgressCallback | None = None,
 ) -> list[ChoiceScores]:
     """Log-likelihood of every continuation of every request, given its context, as lm-eval computes it.
 
     Each request's context (and any tokens all its options share) is run once and each option continues from
     the cached state; a prefix shared by many requests (instruction + few shots) is run once per group.
     ``batch_size`` is the number of requests per forward pass (``None``: sized from memory); it changes the
-    results by float rounding only.  ``max_length`` defaults to :func:`resolve_max_length`.
+    results by float rounding only.  ``max_length`` defaults to :func:`resolve_max_length`.  ``progress(done,
+    total)`` is called after each forward batch with the number of requests scored so far.
     """
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -834,6 +860,7 @@ def loglikelihood_choices(
         for request, pairs in zip(requests, encoded, strict=True)
     ]
     units = _build_units(encoded, length)
+    tracker = _RequestProgress(units, len(requests), progress) if progress is not None else None
 
     if runner.staged:
         results = []
@@ -849,9 +876,14 @@ def loglikelihood_choices(
             for batch in _plan_batches(runner, units, members, len(shared_tokens), batch_size):
                 batch_units = [units[i] for i in batch]
                 results.extend(_score_units_staged(runner, batch_units, shared, len(shared_tokens)))
+                if tracker is not None:
+                    tracker.done([option.out[0] for unit in batch_units for option in unit.options])
     else:
         options = [option for unit in units for option in unit.options]
-        scored = _score_sequences(runner, [(o.window, o.n_scored) for o in options], batch_size)
+        on_batch = None
+        if tracker is not None:
+            on_batch = lambda chunk: tracker.done([options[i].out[0] for i in chunk])  # noqa: E731
+        scored = _score_sequences(runner, [(o.window, o.n_scored) for o in options], batch_size, on_batch)
         results = [(o.out, total, greedy) for o, (total, greedy) in zip(options, scored, strict=True)]
 
     for (r, j), total, greedy in results:
@@ -961,13 +993,15 @@ def greedy_generate(
     stop: list[str],
     batch_size: int | None = None,
     max_length: int | None = None,
+    progress: ProgressCallback | None = None,
 ) -> list[str]:
     """Greedy continuation of each prompt, cut at the first stop string, as lm-eval's ``generate_until``.
 
     Prompts are encoded like lm-eval (no special tokens; left-truncated to ``max_length - max_new_tokens``),
     sorted longest first and decoded in left-padded batches with a KV cache.  A row stops at EOS or once its
     text contains a stop string; a batch stops when all rows have.  The output does not depend on
-    ``batch_size`` (up to exact float ties between the top two tokens).
+    ``batch_size`` (up to exact float ties between the top two tokens).  ``progress(done, total)`` is called
+    after each batch with the number of prompts answered so far.
     """
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -1001,6 +1035,8 @@ def greedy_generate(
         texts = _generate_batch(runner, [encoded[i] for i in chunk], max_new_tokens, stop, eos)
         for i, text in zip(chunk, texts, strict=True):
             outputs[i] = text
+        if progress is not None:
+            progress(start, len(prompts))
     return outputs
 
 

@@ -24,7 +24,8 @@ RECORD_FIELDS = {
     "kind", "path", "id", "cached", "task", "task_kind", "knobs", "primary_metric", "metrics",
     "higher_is_better", "n", "model", "transfer", "timing", "versions",
 }  # fmt: skip
-KNOB_FIELDS = {"shots", "options", "context_tokens", "train_fraction", "train_examples", "limit", "split", "seed"}
+KNOB_FIELDS = {"shots", "options", "context_tokens", "train_fraction", "train_examples", "limit", "limit_mode", "split",
+              "seed"}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

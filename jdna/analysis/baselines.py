@@ -23,6 +23,7 @@ from importlib import resources
 from pathlib import Path
 
 from jdna.errors import JdnaError
+from jdna.io import sha256_file
 from jdna.paths import expand
 
 # Metrics whose values jdna reports in [-1, 1] / [0, 1]; a human score above 1 is a percentage typed in.
@@ -121,7 +122,9 @@ def read_baselines(path: str | Path) -> list[Baseline]:
 class BaselineTable:
     """Lookup of a human score by (task, metric); later tables override earlier ones."""
 
-    def __init__(self, *tables: list[Baseline]) -> None:
+    def __init__(self, *tables: list[Baseline], inputs: dict[str, str] | None = None) -> None:
+        # sha256 of each user table read, by file name: part of a difficulty record's content address.
+        self.inputs = dict(inputs or {})
         self._rows: dict[tuple[str, str], Baseline] = {}
         for table in tables:
             for row in table:
@@ -129,7 +132,10 @@ class BaselineTable:
 
     @classmethod
     def load(cls, user: str | Path | None = None) -> BaselineTable:
-        return cls(shipped_baselines(), read_baselines(user) if user else [])
+        if not user:
+            return cls(shipped_baselines())
+        rows = read_baselines(user)
+        return cls(shipped_baselines(), rows, inputs={expand(user).name: sha256_file(expand(user))})
 
     def get(self, task: str, metric: str) -> Baseline | None:
         return self._rows.get((task, _metric_key(metric)))

@@ -11,7 +11,9 @@ its kind, every knob and the protocol version (not the batch size, which does no
 from __future__ import annotations
 
 import json
+import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from jdna.evaluation.base import (
     EVALUATORS,
     KIND_KNOBS,
     KNOB_FLAGS,
+    LIMIT_MODES,
     SPLITS,
     TRANSFER_MODES,
     EvalConfig,
@@ -33,18 +36,22 @@ from jdna.evaluation.base import (
     Prepared,
     draw_all_shots,
 )
+from jdna.evaluation.lmeval_results import results_block
 from jdna.io import write_json_atomic, write_text_atomic
 from jdna.models import ModelRef, default_device
 from jdna.paths import expand, runs_dir
 from jdna.progress import Reporter
-from jdna.tasks import Task, load_task, parse_spec, restrict_options
-from jdna.tasks.base import hash_rank
+from jdna.tasks import Item, Task, load_task, parse_spec, restrict_options
+from jdna.tasks.base import current_inputs, hash_rank
 
 __all__ = [
     "EVALUATORS",
     "EVAL_PROTOCOL_VERSION",
+    "LIMIT_MODES",
     "EvalConfig",
+    "parse_limit",
     "prepare",
+    "run_evals",
     "run_eval",
     "summary",
     "validate",
@@ -58,6 +65,8 @@ def validate(config: EvalConfig) -> None:
     source, name, _ = parse_spec(config.task)  # unknown names fail here with the nearest valid one
     if source == "file" and not expand(name).is_file():
         raise JdnaError(f"task file {name} not found: pass file:PATH with the path of a .jsonl task file")
+    if source == "lmeval" and not expand(name).is_file():
+        raise JdnaError(f"lm-eval task file {name} not found: pass lmeval:PATH with the path of a task .yaml")
     if config.shots < 0:
         raise JdnaError(f"--shots {config.shots} is negative: use 0 or more")
     if config.options is not None and config.options < 2:
@@ -70,8 +79,9 @@ def validate(config: EvalConfig) -> None:
         raise JdnaError(f"--train-examples {config.train_examples} is below 1: use at least 1")
     if config.train_fraction is not None and config.train_examples is not None:
         raise JdnaError("give --train-fraction or --train-examples, not both")
-    if config.limit is not None and config.limit < 1:
-        raise JdnaError(f"--limit {config.limit} is below 1: use at least 1, or leave it out for every item")
+    check_limit(config.limit)
+    if config.limit_mode not in LIMIT_MODES:
+        raise unknown_name_error("--limit-mode", config.limit_mode, LIMIT_MODES)
     if config.split not in SPLITS:
         raise JdnaError(f"unknown --split '{config.split}': use {' or '.join(SPLITS)}")
     if config.batch_size is not None and config.batch_size < 1:
@@ -84,6 +94,47 @@ def validate(config: EvalConfig) -> None:
         parent = expand(config.log_samples).parent
         if not parent.is_dir():
             raise JdnaError(f"--log-samples directory '{parent}' does not exist: create it or choose another path")
+
+
+def check_limit(limit: int | float | None) -> None:
+    """--limit is a whole number of items (1 or more) or a fraction strictly between 0 and 1."""
+    if limit is None:
+        return
+    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not math.isfinite(limit):
+        raise JdnaError(f"--limit {limit!r} is not a number: use a count such as 20 or a fraction such as 0.1")
+    if 0 < limit < 1:
+        return
+    if limit < 1:
+        raise JdnaError(f"--limit {limit} is below 1: use at least 1, a fraction such as 0.1, or leave it out")
+    if limit != int(limit):
+        raise JdnaError(f"--limit {limit} is neither a whole number of items nor a fraction below 1: use e.g. 20")
+
+
+def parse_limit(text: str | None) -> int | float | None:
+    """The --limit flag's value: "20" -> 20 items, "0.1" -> a tenth of the pool (as lm-eval's --limit)."""
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise JdnaError(f"--limit '{text}' is not a number: use a count such as 20 or a fraction such as 0.1") from None
+    limit: int | float = int(value) if math.isfinite(value) and value >= 1 and value == int(value) else value
+    check_limit(limit)
+    return limit
+
+
+def limited(items: list[Item], limit: int | float | None, mode: str, seed: int) -> list[Item]:
+    """The items --limit keeps: the first N (lm-eval's choice) or a seeded sample nested in N, in pool order."""
+    if limit is None:
+        return items
+    count = math.ceil(len(items) * limit) if limit < 1 else int(limit)
+    if count >= len(items):
+        return items
+    if mode == "first":
+        return items[:count]
+    # A seeded sample (the first N of MMLU would all be one subject); nested in N.
+    chosen = {item.id for item in hash_rank(items, seed, "limit")[:count]}
+    return [item for item in items if item.id in chosen]
 
 
 def _check_knobs(task: Task, config: EvalConfig) -> None:
@@ -107,20 +158,26 @@ def _check_knobs(task: Task, config: EvalConfig) -> None:
 
 
 _LAST_PREPARED: list[tuple[EvalConfig, Prepared]] = []
+_PREPARED_KEPT = 8
 
 
 def prepare(config: EvalConfig) -> Prepared:
     """Load the task and apply every model-independent knob; all knob errors surface here, before any model.
 
     The last result is remembered, so a caller that prepares to validate and then calls run_eval with the
-    same config loads the task once.
+    same config loads the task once; it is reused only while the files it was read from hash the same.
     """
     for seen, prepared in _LAST_PREPARED:
-        if seen == config:
+        if seen == config and _inputs_unchanged(prepared.task):
             return prepared
     prepared = _prepare(config)
-    _LAST_PREPARED[:] = [(config, prepared)]
+    # A few, so that `jdna eval --tasks a,b` prepares every task up front and runs each without reloading it.
+    _LAST_PREPARED[:] = [*_LAST_PREPARED[-(_PREPARED_KEPT - 1) :], (config, prepared)]
     return prepared
+
+
+def _inputs_unchanged(task: Task) -> bool:
+    return current_inputs(task) == task.inputs
 
 
 def _prepare(config: EvalConfig) -> Prepared:
@@ -133,11 +190,7 @@ def _prepare(config: EvalConfig) -> Prepared:
     pool = task.items if config.split == "test" else task.train_items
     if not pool:
         raise JdnaError(f"task {config.task} has no items in its {config.split} split: use --split test")
-    items = list(pool)
-    if config.limit is not None and config.limit < len(items):
-        # A seeded sample (not the first N, which for MMLU would all be one subject); nested in N.
-        chosen = {item.id for item in hash_rank(items, config.seed, "limit")[: config.limit]}
-        items = [item for item in items if item.id in chosen]
+    items = limited(list(pool), config.limit, config.limit_mode, config.seed)
     if config.options is not None:
         items = restrict_options(items, config.options, config.seed)
     shots, shot_pool = draw_all_shots(task, items, config.shots, config.seed, [item.id for item in pool])
@@ -154,6 +207,7 @@ def eval_params(ref: ModelRef, prepared: Prepared, config: EvalConfig) -> dict[s
         "kind": prepared.task.kind,
         "knobs": config.knobs(),
         "shot_pool": prepared.shot_pool,
+        "inputs": prepared.task.inputs,
         **evaluator.id_params(ref, prepared, config),
     }
 
@@ -267,6 +321,9 @@ def run_eval(
         },
         "versions": versions(),
     }
+    pool = prepared.task.items if config.split == "test" else prepared.task.train_items
+    task_key = prepared.task.name if prepared.task.source == "lmeval" else config.task
+    record.update(results_block(task_key, outcome.metrics, outcome.item_values, config.shots, n, len(pool)))
     if "load_seconds" in record:
         record["timing"]["load_seconds"] = record.pop("load_seconds")
     write_json_atomic(path, record)
@@ -280,3 +337,25 @@ def run_eval(
         f"{record['timing']['seconds']:.1f} s"
     )
     return record
+
+
+def run_evals(
+    ref: ModelRef,
+    configs: list[EvalConfig],
+    output: Path | None = None,
+    reporter: Reporter | None = None,
+    force: bool = False,
+) -> Iterator[dict[str, Any]]:
+    """`run_eval` for each config in turn (`jdna eval --tasks a,b`), yielding each record as it is done.
+
+    Every task is prepared first, so a bad task or knob fails before the first model is loaded. `output`
+    names one record file, so it takes a single config.
+    """
+    if output is not None and len(configs) > 1:
+        raise JdnaError("-o names one record file, but several tasks were given: drop -o (records go to runs/eval/)")
+    for config in configs:
+        prepare(config)
+    for index, config in enumerate(configs, 1):
+        if reporter is not None and len(configs) > 1:
+            reporter.log(f"task {index}/{len(configs)}: {config.task}")
+        yield run_eval(ref, config, output, reporter, force=force)

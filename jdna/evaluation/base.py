@@ -29,6 +29,8 @@ from jdna.tasks import Item, Task, draw_shots
 EVAL_PROTOCOL_VERSION = 1
 
 SPLITS = ("test", "train")
+# How --limit picks items: "sample" (a seeded sample, nested in N) or "first" (file order, as lm-eval's --limit).
+LIMIT_MODES = ("sample", "first")
 TRANSFER_MODES = ("sparse", "dense", "freeze", "regrow")
 BOOTSTRAP_RESAMPLES = 1000
 
@@ -63,7 +65,8 @@ class EvalConfig:
     context_tokens: int | None = None
     train_fraction: float | None = None
     train_examples: int | None = None
-    limit: int | None = None
+    limit: int | float | None = None  # N items, or a fraction 0 < x < 1 of the pool (rounded up, as lm-eval)
+    limit_mode: str = "sample"
     split: str = "test"
     seed: int = 0
     batch_size: int | None = None
@@ -81,6 +84,7 @@ class EvalConfig:
             "train_fraction": self.train_fraction,
             "train_examples": self.train_examples,
             "limit": self.limit,
+            "limit_mode": self.limit_mode if self.limit is not None else None,
             "split": self.split,
             "seed": self.seed,
         }
@@ -120,6 +124,8 @@ class Outcome:
     extra: dict[str, Any] = field(default_factory=dict)
     transfer: dict[str, Any] | None = None
     model_ref: ModelRef | None = None  # the model actually scored, when it differs (auto fine-tuning)
+    # Per-item values of each metric that is a mean over items (for lm-eval's standard errors).
+    item_values: dict[str, list[float]] = field(default_factory=dict)
 
 
 class Evaluator(Protocol):

@@ -213,7 +213,10 @@ class Classification:
             "golds": golds.tolist(),
         }
         extra = {"load_seconds": round(load_seconds, 3)}
-        return Outcome(metrics, per_item, samples, seconds, extra=extra, transfer=transfer, model_ref=ref)
+        item_values = {"accuracy": correct.tolist()} if correct is not None and "accuracy" in metrics else {}
+        return Outcome(
+            metrics, per_item, samples, seconds, extra=extra, transfer=transfer, model_ref=ref, item_values=item_values
+        )
 
 
 @torch.inference_mode()

@@ -72,7 +72,10 @@ class Generation:
         prompts = [format_prompt(task, item, prepared.shots[item.id]) for item in items]
         ctx.reporter.log(f"generating for {len(items)} items (greedy, up to {config.max_new_tokens} tokens)")
         started = time.perf_counter()
-        outputs = greedy_generate(model, tokenizer, prompts, config.max_new_tokens, stop, batch_size=config.batch_size)
+        outputs = greedy_generate(
+            model, tokenizer, prompts, config.max_new_tokens, stop, batch_size=config.batch_size,
+            progress=ctx.reporter.stage("generating"),
+        )
         seconds = time.perf_counter() - started
 
         names = [name for name in task.metrics if name in PER_ITEM_SCORES] or ["exact_match", "f1"]
@@ -85,6 +88,7 @@ class Generation:
                 values[name].append(scores[name])
             sample = {
                 "id": item.id,
+                "prompt": prompt,
                 "prompt_sha256": sha256_text(prompt),
                 "prompt_tail": prompt[-200:],
                 "prediction": output,
@@ -107,7 +111,7 @@ class Generation:
             per_item[name] = values[name]
         if config.context_tokens is not None:
             per_item["answer_in_context"] = [bool(item.meta.get("answer_in_context")) for item in items]
-        return Outcome(metrics, per_item, samples, seconds, extra=extra)
+        return Outcome(metrics, per_item, samples, seconds, extra=extra, item_values=values)
 
 
 EVALUATORS.add("generation", Generation())

@@ -71,7 +71,9 @@ class MultipleChoice:
         model, tokenizer, load_seconds = load_lm(ctx)
         ctx.reporter.log(f"scoring {len(items)} questions, {sum(len(r.continuations) for r in requests)} options")
         started = time.perf_counter()
-        scores = loglikelihood_choices(model, tokenizer, requests, batch_size=ctx.config.batch_size)
+        scores = loglikelihood_choices(
+            model, tokenizer, requests, batch_size=ctx.config.batch_size, progress=ctx.reporter.stage("scoring")
+        )
         seconds = time.perf_counter() - started
 
         acc, acc_norm, samples = [], [], []
@@ -82,6 +84,7 @@ class MultipleChoice:
             samples.append(
                 {
                     "id": item.id,
+                    "prompt": request.context,
                     "prompt_sha256": sha256_text(request.context),
                     "prompt_tail": request.context[-200:],
                     "choices": request.continuations,
@@ -107,7 +110,9 @@ class MultipleChoice:
             "predictions_norm": [s["prediction_norm"] for s in samples],
             "golds": [item.gold for item in items],
         }
-        return Outcome(metrics, per_item, samples, seconds, extra={"load_seconds": round(load_seconds, 3)})
+        return Outcome(
+            metrics, per_item, samples, seconds, extra={"load_seconds": round(load_seconds, 3)}, item_values=values
+        )
 
 
 EVALUATORS.add("multiple_choice", MultipleChoice())

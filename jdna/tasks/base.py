@@ -16,11 +16,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from jdna.errors import JdnaError
+from jdna.io import sha256_file
 
 KINDS = ("classification", "multiple_choice", "generation", "perplexity")
 
@@ -128,6 +130,16 @@ class Task:
     description: str = ""
     prompt_format: PromptFormat = field(default_factory=PromptFormat)
     provenance: str = ""
+    # Every local file the loader read, by a machine-independent label, with the sha256 of its bytes: part of
+    # an evaluation's content address, so editing a task file never serves a stale cached result.
+    inputs: dict[str, str] = field(default_factory=dict)
+    input_paths: dict[str, Path] = field(default_factory=dict, repr=False)
+
+    def read_from(self, files: dict[str, Path]) -> Task:
+        """Record the files (label -> path) this task was loaded from, with their sha256 now; returns self."""
+        self.input_paths = dict(files)
+        self.inputs = current_inputs(self)
+        return self
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -183,6 +195,11 @@ def check_disjoint(name: str, items: Sequence[Item], train_items: Sequence[Item]
 
 # ---------------------------------------------------------------------------------------------------
 # Seeded, order-independent selection
+
+
+def current_inputs(task: Task) -> dict[str, str]:
+    """The sha256 of each file the task was loaded from, as the files are now (a missing file hashes to "")."""
+    return {label: sha256_file(path) if path.is_file() else "" for label, path in task.input_paths.items()}
 
 
 def stable_hash(*keys: object) -> int:

@@ -440,4 +440,4 @@ def load_bigbench(
         description=str(top.get("description", "")),
         prompt_format=formats.pop(),
         provenance=provenance,
-    )
+    ).read_from({f"{path}/{TASK_FILE}": base / path / TASK_FILE for path in sorted({name, *dict(leaves)})})

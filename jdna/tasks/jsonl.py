@@ -344,4 +344,4 @@ def load_jsonl(
         description=header.get("description", f"user task from {file}"),
         prompt_format=header.get("format", PromptFormat()),
         provenance=provenance,
-    )
+    ).read_from({file.name: file})

