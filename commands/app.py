@@ -205,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     except _CLICK_ERRORS as error:
         if debug:
             traceback.print_exc()
+        if type(error).__name__ == "NoArgsIsHelpError":  # a bare group (jdna, jdna runs gc...): its help
+            sys.stdout.write(error.ctx.get_help() + "\n")
+            sys.stdout.flush()
+            return _finish(argv, 2)
         message = " ".join(_click_message(name, error).split())
         if message:  # empty when click has just printed the help (no arguments at all)
             sys.stderr.write(f"{prefix}: error: {message} (see '{prefix} --help')\n")
@@ -220,6 +224,10 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(str(error).splitlines())
         sys.stderr.write(f"{prefix}: internal error: {type(error).__name__}: {message} (rerun with --debug)\n")
         code = 1
+    return _finish(argv, code)
+
+
+def _finish(argv: list[str] | None, code: int) -> int:
     sys.stdout.flush()
     if argv is None:
         sys.exit(code)

@@ -1036,7 +1036,7 @@ def greedy_generate(
         for i, text in zip(chunk, texts, strict=True):
             outputs[i] = text
         if progress is not None:
-            progress(start, len(prompts))
+            progress(min(start, len(prompts)), len(prompts))
     return outputs
 
 
