@@ -5,7 +5,8 @@ model (split, limit, options, shots) and checks everything it can before loading
 items to the evaluator registered for the task's kind (`EVALUATORS`: multiple_choice, generation,
 perplexity, classification). The record follows docs/records.md; it is written atomically to `output` or to
 `runs/eval/<id[:20]>.json`, where `id` = artifact_id(model identity, "eval", params) and params are the task,
-its kind, every knob and the protocol version (not the batch size, which does not change predictions).
+its kind, every knob, the protocol version and the sha256 of every file the task was read from (not the batch
+size, which does not change predictions). Each record also carries lm-eval's `results` shape.
 """
 
 from __future__ import annotations
