@@ -80,11 +80,12 @@ class LazyGroup(TyperGroup):
         self._resolving = False
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return list(COMMANDS)
+        # Commands registered the eager way (app.command) still work; COMMANDS is the lazy, preferred way.
+        return [*COMMANDS, *(name for name in super().list_commands(ctx) if name not in COMMANDS)]
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in COMMANDS:
-            return None
+            return super().get_command(ctx, cmd_name)
         if self._resolving or cmd_name in self._loaded:
             if cmd_name not in self._loaded:
                 self._loaded[cmd_name] = load_command(cmd_name)
@@ -97,10 +98,11 @@ class LazyGroup(TyperGroup):
         self, ctx: click.Context, args: list[str]
     ) -> tuple[str | None, click.Command | None, list[str]]:
         name = args[0] if args else ""
-        if name and not name.startswith("-") and name not in COMMANDS:
-            suggestion = nearest(name, COMMANDS)
+        known = self.list_commands(ctx)
+        if name and not name.startswith("-") and name not in known:
+            suggestion = nearest(name, known)
             hint = f"did you mean '{suggestion}'? " if suggestion else ""
-            raise JdnaError(f"unknown command '{name}': {hint}valid: {', '.join(COMMANDS)}")
+            raise JdnaError(f"unknown command '{name}': {hint}valid: {', '.join(known)}")
         self._resolving = True
         try:
             return super().resolve_command(ctx, args)
@@ -117,6 +119,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=MARKUP_MODE,
 )
+
+
+def _eager_names() -> set[str]:
+    return {info.name or "" for info in app.registered_commands}
 
 
 def _print_version(value: bool) -> None:
@@ -190,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     common.progress_forced = forced
     name = _subcommand(args)
     args = aliases.rewrite(name, args)
-    prefix = f"jdna {name}" if name in COMMANDS else "jdna"
+    prefix = f"jdna {name}" if name in COMMANDS or name in _eager_names() else "jdna"
     try:
         result = app(args=args, prog_name="jdna", standalone_mode=False)
         code = result if isinstance(result, int) else 0

@@ -18,8 +18,8 @@ def tasks(
 ) -> None:
     """List the tasks jdna eval can run: a table on stderr, one JSON line {"kind": "tasks", ...} on stdout.
 
-    Any BIG-bench task in the local tree (bigbench:NAME[/SUBTASK]) and any JSON-lines file (file:PATH) work
-    too; see docs/tasks.md.
+    Any BIG-bench task in the local tree (bigbench:NAME[/SUBTASK]), any JSON-lines file (file:PATH) and any
+    simple lm-eval task YAML over local files (lmeval:PATH.yaml) work too; see docs/tasks.md.
     """
     rows = list_tasks(include_bigbench=bigbench)
     table = [
