@@ -817,6 +817,7 @@ class _RequestProgress:
         self.finished = n_requests - len(self.left)
         self.total = n_requests
         self.progress = progress
+        progress(self.finished, self.total)  # the clock of the rate and ETA starts now
 
     def done(self, owners: list[int]) -> None:
         for owner in owners:
@@ -1017,6 +1018,8 @@ def greedy_generate(
     eos = _eos_ids(model, tokenizer)
     outputs = [""] * len(prompts)
     max_tokens, max_bytes = runner.budget()
+    if progress is not None:
+        progress(0, len(prompts))  # the clock of the rate and ETA starts now
     start = 0
     while start < len(order):
         span = len(encoded[order[start]]) + max_new_tokens

@@ -150,10 +150,10 @@ def test_scorers_report_progress_per_batch(tiny_llama: Path) -> None:
     assert [s.logprobs for s in loud] == [s.logprobs for s in quiet]
     done = [d for _, d, _ in reporter.calls]
     assert done == sorted(done) and done[-1] == 7 and {t for _, _, t in reporter.calls} == {7}
-    assert len(done) >= 4  # one report per forward batch of 2
+    assert done[0] == 0 and len(done) >= 5  # the start, then one report per forward batch of 2
     generated = _Recorder()
     greedy_generate(model, tokenizer, ["the cat"] * 5, 3, ["\n"], batch_size=2, progress=generated.stage("gen"))
-    assert [d for _, d, _ in generated.calls] == [2, 4, 5]
+    assert [d for _, d, _ in generated.calls] == [0, 2, 4, 5]
 
 
 def test_meter_rate_and_eta_by_hand() -> None:

@@ -166,7 +166,7 @@ def normalise(value: float, dense: float, higher_is_better: bool) -> float:
 
 
 def _knob_text(knobs: dict[str, Any]) -> str:
-    shown = {k: v for k, v in knobs.items() if v is not None and k not in ("limit", "split")}
+    shown = {k: v for k, v in knobs.items() if v is not None and k not in ("limit", "limit_mode", "split")}
     return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in sorted(shown.items()))
 
 

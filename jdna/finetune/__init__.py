@@ -337,6 +337,7 @@ def eval_knobs(config: FinetuneConfig, n_train: int) -> dict[str, Any]:
         "train_fraction": config.train_fraction,
         "train_examples": n_train,
         "limit": config.eval_limit,
+        "limit_mode": "sample" if config.eval_limit is not None else None,  # as `jdna eval --limit N` picks
         "split": "test",
         "seed": config.seed,
     }
