@@ -27,6 +27,14 @@ def _record_path(output: str | None) -> Path | None:
     return path
 
 
+def complete_task(incomplete: str) -> list[str]:
+    """Shell completion of --task: the built-in task names and the spec prefixes."""
+    from jdna.tasks import list_tasks
+
+    names = [row["name"] for row in list_tasks()] + ["file:", "lmeval:", "bigbench:", "hub:"]
+    return [name for name in names if name.startswith(incomplete)]
+
+
 def task_specs(task: str | None, tasks: str | None) -> list[str]:
     """--task and/or --tasks a,b,c, in order, without repeats."""
     specs = ([task] if task else []) + [spec.strip() for spec in (tasks or "").split(",") if spec.strip()]
@@ -50,7 +58,12 @@ def eval_command(
     model: ModelArgument = None,
     task: Annotated[
         str | None,
-        typer.Option("--task", "-t", help="Task spec: see 'jdna tasks' (e.g. mmlu, file:PATH, lmeval:PATH.yaml)."),
+        typer.Option(
+            "--task",
+            "-t",
+            help="Task spec: see 'jdna tasks' (e.g. mmlu, file:PATH, lmeval:PATH.yaml).",
+            autocompletion=complete_task,
+        ),
     ] = None,
     tasks: Annotated[
         str | None,

@@ -60,6 +60,9 @@ def test_shell_completion_completes_commands_and_options() -> None:
     env.update(COMP_WORDS="jdna eval --num", COMP_CWORD="2")
     done = subprocess.run([JDNA], capture_output=True, text=True, env=env, timeout=120)
     assert "--num-fewshot" in done.stdout.split()
+    env.update(COMP_WORDS="jdna eval --task mm", COMP_CWORD="3")
+    done = subprocess.run([JDNA], capture_output=True, text=True, env=env, timeout=120)
+    assert "mmlu" in done.stdout.split()
     shown = subprocess.run([JDNA, "--show-completion", "bash"], capture_output=True, text=True, timeout=120)
     assert shown.returncode == 0 and "_JDNA_COMPLETE" in shown.stdout
 

@@ -114,6 +114,9 @@ def test_lmeval_yaml_errors_say_what_is_wrong(tmp_path: Path, lmeval_task: Path,
     bad.write_text(lmeval_task.read_text().replace("doc_to_target: gold", "doc_to_target: 7"))
     result = run("eval", str(tiny_llama), "--task", f"lmeval:{bad}")
     assert result.code == 2 and "doc_to_target" in result.stderr
+    bad.write_text(lmeval_task.read_text().replace('doc_to_choice: "{{choices}}"\n', ""))
+    result = run("eval", str(tiny_llama), "--task", f"lmeval:{bad}")
+    assert result.code == 2 and "need doc_to_choice" in result.stderr
 
 
 def test_tasks_flag_runs_each_task_and_prints_a_line_each(tiny_llama: Path, tmp_path: Path, lmeval_task: Path,

@@ -201,6 +201,11 @@ def load_lmeval(path: str | Path) -> Task:
             f"{file}: output_type '{output_type}' is not supported: use {' or '.join(OUTPUT_TYPES)}"
         )
     kind = OUTPUT_TYPES[output_type]
+    needed = ("doc_to_text", "doc_to_choice", "doc_to_target") if kind == "multiple_choice" else (
+        "doc_to_text", "doc_to_target")
+    missing = [key for key in needed if config.get(key) in (None, "")]
+    if missing:
+        raise JdnaError(f"{file}: {output_type} tasks need {missing[0]}: add it (a field name or a Jinja template)")
     files = _data_files(file, config)
     eval_split = config.get("test_split") or config.get("validation_split")
     if eval_split is None:
