@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     except _CLICK_ERRORS as error:
         if debug:
             traceback.print_exc()
-        if type(error).__name__ == "NoArgsIsHelpError":  # a bare group (jdna, jdna runs gc...): its help
+        if type(error).__name__ == "NoArgsIsHelpError":  # `jdna` alone: the help, on stdout
             sys.stdout.write(error.ctx.get_help() + "\n")
             sys.stdout.flush()
             return _finish(argv, 2)
