@@ -63,8 +63,10 @@ def test_shell_completion_completes_commands_and_options() -> None:
     env.update(COMP_WORDS="jdna eval --task mm", COMP_CWORD="3")
     done = subprocess.run([JDNA], capture_output=True, text=True, env=env, timeout=120)
     assert "mmlu" in done.stdout.split()
-    shown = subprocess.run([JDNA, "--show-completion", "bash"], capture_output=True, text=True, timeout=120)
-    assert shown.returncode == 0 and "_JDNA_COMPLETE" in shown.stdout
+    # Typer detects the shell from the parent process: run it from bash (the "; true" keeps bash the parent).
+    shown = subprocess.run(["bash", "-c", f"{JDNA} --show-completion; true"], capture_output=True, text=True,
+                           timeout=120)
+    assert "_JDNA_COMPLETE=complete_bash" in shown.stdout, shown.stderr
 
 
 def test_unknown_command_and_option_suggest_the_right_name() -> None:
@@ -189,10 +191,13 @@ def test_progress_goes_to_stderr_only_when_asked(tiny_llama: Path, tmp_path: Pat
 def test_cli_reporter_draws_a_bar_with_eta_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     import io
 
+    from rich.console import Console
+
     from jdna.commands import common
 
     buffer = io.StringIO()
-    monkeypatch.setattr(common.console, "file", buffer)
+    # A console of its own (the shared one writes to whatever sys.stderr is at the time; keep it that way).
+    monkeypatch.setattr(common, "console", Console(file=buffer, highlight=False))
     monkeypatch.setattr(common, "progress_forced", None)
     reporter = common.CliReporter("eval")
     reporter.interactive = reporter.enabled = True
