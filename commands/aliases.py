@@ -1,6 +1,6 @@
 """The flags users of other tools type, mapped to jdna's, and suggestions for unknown options.
 
-Wanda's and SparseGPT's scripts (`--sparsity_ratio 0.5 --sparsity_type 2:4 --nsamples 128`), GPTQ's
+Wanda's and SparseGPT's scripts (`--model M --sparsity_ratio 0.5 --sparsity_type 2:4 --nsamples 128`), GPTQ's
 (`--wbits 4 --percdamp .01 --act-order`), llm-compressor's and lm-evaluation-harness's (`--num_fewshot`,
 `--log_samples`) spellings are rewritten to jdna's flags before parsing. Only aliases whose meaning is the same
 are listed: GPTQ's `--groupsize` is not (jdna also needs `--granularity group`), so it is left to the suggestion.
@@ -59,6 +59,10 @@ ALIASES: dict[str, dict[str, str]] = {
 }
 
 
+# Commands whose MODEL argument Wanda's and GPTQ's scripts pass as `--model PATH`.
+MODEL_FLAG_COMMANDS = ("prune", "quantize")
+
+
 def rewrite(command: str, args: list[str]) -> list[str]:
     """`args` with other tools' flag spellings for `command` replaced by jdna's (also in --flag=value form)."""
     table = ALIASES.get(command)
@@ -69,6 +73,10 @@ def rewrite(command: str, args: list[str]) -> list[str]:
         if arg == "--":
             return out + args[index:]
         name, sep, value = arg.partition("=")
+        if name == "--model" and command in MODEL_FLAG_COMMANDS:
+            if sep:
+                out.append(value)
+            continue  # without "=", the next word is the path: it stays, as the MODEL argument
         if name in table:
             arg = table[name] + sep + value
         out.append(arg)

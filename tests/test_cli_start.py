@@ -81,8 +81,8 @@ def test_unknown_command_and_option_suggest_the_right_name() -> None:
 def test_wanda_and_gptq_flag_spellings_are_aliases(tiny_llama: Path, calib_file: Path) -> None:
     ours = run("prune", str(tiny_llama), "--sparsity", "0.5", "--pattern", "2:4", "--method", "wanda",
                "--calib", str(calib_file), "--calib-samples", "2", "--calib-seqlen", "16")
-    theirs = run("prune", str(tiny_llama), "--sparsity_ratio", "0.5", "--sparsity_type", "2:4", "--prune_method",
-                 "wanda", "--calib", str(calib_file), "--nsamples=2", "--seqlen", "16")
+    theirs = run("prune", "--model", str(tiny_llama), "--sparsity_ratio", "0.5", "--sparsity_type", "2:4",
+                 "--prune_method", "wanda", "--calib", str(calib_file), "--nsamples=2", "--seqlen", "16")
     assert ours.code == 0 and theirs.code == 0, theirs.stderr
     assert theirs.record["id"] == ours.record["id"] and theirs.record["cached"] is True
     assert run("prune", str(tiny_llama), "--sparsity-type", "2:4", "-s", "0.5").code == 0

@@ -119,6 +119,8 @@ def parse_limit(text: str | None) -> int | float | None:
         value = float(text)
     except ValueError:
         raise JdnaError(f"--limit '{text}' is not a number: use a count such as 20 or a fraction such as 0.1") from None
+    if value <= 0:
+        raise JdnaError(f"--limit {text} is below 1: use at least 1, a fraction such as 0.1, or leave it out")
     limit: int | float = int(value) if math.isfinite(value) and value >= 1 and value == int(value) else value
     check_limit(limit)
     return limit
