@@ -156,3 +156,26 @@ def test_limit_modes_first_and_sample(tiny_llama: Path, tmp_path: Path, docs: li
         assert result.code == 2 and words in result.stderr
     result = run("eval", str(tiny_llama), "--task", f"file:{jsonl}", "--limit", "2", "--limit-mode", "frist")
     assert result.code == 2 and "did you mean 'first'" in result.stderr
+
+
+def test_lmeval_generation_yaml_matches_the_same_items_as_a_jsonl_task(tiny_llama: Path, tmp_path: Path) -> None:
+    rng = random.Random(9)
+    rows = [{"q": " ".join(rng.choice(WORDS) for _ in range(4)), "a": rng.choice(WORDS)} for _ in range(5)]
+    (tmp_path / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    yaml_file = tmp_path / "qa.yaml"
+    yaml_file.write_text(
+        "task: my_qa\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: qa.jsonl\n"
+        "test_split: test\noutput_type: generate_until\n"
+        'doc_to_text: "Question: {{q}}\\nAnswer:"\ndoc_to_target: a\nmetric_list:\n  - metric: exact_match\n'
+    )
+    samples = tmp_path / "s.jsonl"
+    (record,) = _ok(run("eval", str(tiny_llama), "--task", f"lmeval:{yaml_file}", "--max-new-tokens", "3",
+                        "--log-samples", str(samples)))
+    same = tmp_path / "same.jsonl"
+    same.write_text("".join(json.dumps({"id": f"q{i}", "question": r["q"], "answers": [r["a"]], "split": "test"})
+                            + "\n" for i, r in enumerate(rows)))
+    (reference,) = _ok(run("eval", str(tiny_llama), "--task", f"file:{same}", "--max-new-tokens", "3"))
+    assert record["task_kind"] == "generation" and record["metrics"] == reference["metrics"]
+    predictions = [json.loads(line)["prediction"] for line in samples.read_text().splitlines()]
+    assert predictions == json.loads(Path(reference["path"]).read_text())["per_item"]["predictions"]
+    assert record["results"]["my_qa"]["exact_match,none"] == reference["metrics"]["exact_match"]["value"]
