@@ -51,7 +51,11 @@ def format_rate(per_second: float) -> str:
 
 @dataclass
 class Meter:
-    """Elapsed time, rate and ETA of the current stage; a new stage name (or `done` going back) restarts it."""
+    """Elapsed time, rate and ETA of the current stage.
+
+    A new total, or `done` going back, starts a new stage; so does a new stage name unless `done` moved on
+    (a caller may put a running figure such as the loss into the name: the clock keeps running).
+    """
 
     clock: Callable[[], float] = time.monotonic
     stage: str | None = None
@@ -63,7 +67,7 @@ class Meter:
 
     def update(self, stage: str, done: int, total: int) -> None:
         now = self.clock()
-        if stage != self.stage or done < self.done or total != self.total:
+        if total != self.total or done < self.done or (stage != self.stage and done <= self.done):
             self.stage, self.total, self.started, self.first_done = stage, total, now, done
         self.done, self.now = done, now
 

@@ -175,6 +175,11 @@ def test_meter_rate_and_eta_by_hand() -> None:
     assert meter.describe() == "40/40 · 1.2s/it · 50s"  # 0.8/s: slower than one a second
     meter.update("next stage", 1, 4)  # a new stage restarts the clock
     assert meter.elapsed == 0 and meter.eta is None
+    now[0] = 152.0
+    meter.update("train loss 0.9", 2, 4)  # a running figure in the name: the same stage, the clock runs on
+    assert meter.elapsed == 2.0 and meter.rate == pytest.approx(0.5)
+    meter.update("pruning blocks", 1, 4)  # back to 1: a new stage
+    assert meter.elapsed == 0
 
 
 def test_progress_goes_to_stderr_only_when_asked(tiny_llama: Path, tmp_path: Path) -> None:

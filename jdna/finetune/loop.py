@@ -107,11 +107,6 @@ class TrainOutcome:
     examples_per_second: float = 0.0
 
 
-def _format_eta(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    return f"{seconds // 60}:{seconds % 60:02d}"
-
-
 def train(
     model: nn.Module,
     data: TrainData,
@@ -208,12 +203,8 @@ def train(
         elapsed = time.perf_counter() - started
         rate = seen / elapsed if elapsed > 0 else 0.0
         recent = outcome.losses[-20:]
-        eta = (total - done) * elapsed / max(1, done - start_step)
-        reporter.progress(
-            f"train loss {sum(recent) / len(recent):.4f} lr {lr:.2e} {rate:.1f} ex/s ETA {_format_eta(eta)}",
-            done,
-            total,
-        )
+        # The reporter adds steps/s and the ETA (jdna.progress.Meter keeps one clock while `done` grows).
+        reporter.progress(f"train loss {sum(recent) / len(recent):.4f} lr {lr:.2e} {rate:.1f} ex/s", done, total)
         if not dist.enabled:
             stopping = bool(stop)
         # (Under a launcher `stopping` is what every process agreed on above; a signal that arrived since is
