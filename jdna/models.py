@@ -50,6 +50,9 @@ class ModelRef:
 
     base: BaseModel
     chain: list[Artifact] = field(default_factory=list)
+    # The dense model this one was compressed from, when it is not in `chain` (an export, an externally pruned
+    # model): {"name", "id", "source"}, from --dense-parent or a jdna export's metadata. See docs/records.md.
+    dense_parent: dict[str, Any] | None = None
 
     @property
     def top(self) -> Artifact | None:
@@ -219,7 +222,11 @@ def resolve(spec: str, allow_pickle: bool = False) -> ModelRef:
             if item.header["base"].get("sha256") != base.sha256:
                 raise JdnaError(f"artifact '{item.path}' names a different base model than its parent")
         return ModelRef(base=base, chain=chain)
-    return ModelRef(base=resolve_base(spec, allow_pickle))
+    base = resolve_base(spec, allow_pickle)
+    from jdna.exporting import read_export_metadata  # here: jdna.exporting imports this module
+
+    exported = read_export_metadata(base.path)
+    return ModelRef(base=base, dense_parent=(exported or {}).get("dense_parent"))
 
 
 # --- loading -----------------------------------------------------------------------------------------
@@ -309,6 +316,9 @@ def load_model(
         model_class = AutoModelForCausalLM
     else:
         model_class = AutoModel
+    from jdna.compressed_tensors_export import loading_kwargs
+
+    kwargs.update(loading_kwargs(ref.base.config))  # a compressed-tensors export loads decompressed
     try:
         model = model_class.from_pretrained(str(ref.base.path), **kwargs)
     except (OSError, ValueError) as error:

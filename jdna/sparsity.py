@@ -1,0 +1,171 @@
+"""Measured sparsity of a model's own weights: exact zeros in its prunable matrices.
+
+A model pruned elsewhere (Wanda's or SparseGPT's scripts, llm-compressor) arrives as a plain Hugging Face
+directory whose weights simply contain zeros. jdna reads those zeros so such a model is recorded as pruned (with
+its measured sparsity and N:M pattern) rather than as dense. Pretrained dense weights have essentially no exact
+zeros, so a zero fraction above ``EXTERNAL_PRUNING_THRESHOLD`` marks a model as externally pruned.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+# Dense checkpoints hold a handful of exact zeros at most; 5% of the prunable weights is far above that and far
+# below any sparsity a pruning study uses.
+EXTERNAL_PRUNING_THRESHOLD = 0.05
+
+# N:M patterns checked, most sparse first; the first one every matrix satisfies is reported.
+CANDIDATE_PATTERNS: tuple[tuple[int, int], ...] = ((1, 4), (2, 4), (4, 8))
+
+
+@dataclass
+class MatrixSparsity:
+    name: str
+    shape: tuple[int, ...]
+    numel: int
+    zeros: int
+    patterns: tuple[tuple[int, int], ...]  # the CANDIDATE_PATTERNS this matrix satisfies
+
+    @property
+    def sparsity(self) -> float:
+        return self.zeros / self.numel if self.numel else 0.0
+
+
+@dataclass
+class SparsityReport:
+    matrices: list[MatrixSparsity] = field(default_factory=list)
+
+    @property
+    def numel(self) -> int:
+        return sum(m.numel for m in self.matrices)
+
+    @property
+    def zeros(self) -> int:
+        return sum(m.zeros for m in self.matrices)
+
+    @property
+    def sparsity(self) -> float:
+        return self.zeros / self.numel if self.numel else 0.0
+
+    @property
+    def n_m(self) -> tuple[int, int] | None:
+        """The N:M pattern every matrix follows, if any (only reported for a clearly sparse model)."""
+        if not self.matrices or not self.externally_pruned:
+            return None
+        for pattern in CANDIDATE_PATTERNS:
+            if all(pattern in m.patterns for m in self.matrices):
+                return pattern
+        return None
+
+    @property
+    def pattern(self) -> str:
+        n_m = self.n_m
+        return f"{n_m[0]}:{n_m[1]}" if n_m else "unstructured"
+
+    @property
+    def externally_pruned(self) -> bool:
+        return self.sparsity >= EXTERNAL_PRUNING_THRESHOLD
+
+    @property
+    def bits_per_weight(self) -> float:
+        """Storage cost under jdna's accounting (docs/artifacts.md, "The compression axis")."""
+        from jdna.pruning.engine import pruned_bits_per_weight
+
+        if not self.externally_pruned:
+            return 16.0
+        return pruned_bits_per_weight(1.0 - self.sparsity, self.n_m)
+
+    def summary(self) -> dict[str, Any]:
+        """Overall figures, as eval records and export metadata carry them."""
+        return {
+            "sparsity": round(self.sparsity, 6),
+            "pattern": self.pattern,
+            "externally_pruned": self.externally_pruned,
+            "prunable_params": self.numel,
+            "zero_params": self.zeros,
+            "matrices": len(self.matrices),
+        }
+
+    def per_matrix(self) -> list[dict[str, Any]]:
+        """Rows shaped like a pruned artifact's ``stats.matrices`` (so `jdna info` prints them the same way)."""
+        return [
+            {"name": m.name, "shape": list(m.shape), "numel": m.numel, "pruned": m.zeros,
+             "sparsity": round(m.sparsity, 6)}
+            for m in self.matrices
+        ]
+
+
+def _satisfied_patterns(zero: torch.Tensor) -> tuple[tuple[int, int], ...]:
+    rows, cols = zero.shape[0], zero.shape[-1]
+    flat = zero.reshape(rows, cols)
+    found = []
+    for n, m in CANDIDATE_PATTERNS:
+        if cols % m:
+            continue
+        zeros_per_group = flat.reshape(rows, cols // m, m).sum(dim=-1)
+        if bool((zeros_per_group >= m - n).all()):
+            found.append((n, m))
+    return tuple(found)
+
+
+def measure_matrix(name: str, weight: torch.Tensor) -> MatrixSparsity:
+    zero = weight.detach() == 0
+    return MatrixSparsity(
+        name=name,
+        shape=tuple(weight.shape),
+        numel=weight.numel(),
+        zeros=int(zero.sum()),
+        patterns=_satisfied_patterns(zero) if weight.dim() == 2 else (),
+    )
+
+
+def measure_tensors(named: Iterable[tuple[str, torch.Tensor]]) -> SparsityReport:
+    return SparsityReport([measure_matrix(name, tensor) for name, tensor in named])
+
+
+def measure_model(model: nn.Module) -> SparsityReport:
+    """Sparsity of a loaded model's prunable matrices (the set `jdna prune` would touch by default)."""
+    from jdna.prunable import prunable_matrices
+
+    return measure_tensors((m.name, m.param) for m in prunable_matrices(model))
+
+
+def _prunable_names(directory: Path, family: str) -> list[str]:
+    """Canonical names of the prunable matrices, from a weightless (meta-device) instance of the architecture."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    from jdna.prunable import prunable_matrices
+
+    config = AutoConfig.from_pretrained(str(directory))
+    model_class = AutoModelForCausalLM if family == "causal_lm" else AutoModel
+    with torch.device("meta"):
+        model = model_class.from_config(config)
+    return [m.name for m in prunable_matrices(model)]
+
+
+def measure_directory(directory: Path, family: str) -> SparsityReport:
+    """Sparsity of a Hugging Face directory's safetensors weights, read tensor by tensor (no model is built)."""
+    from safetensors import safe_open
+
+    names = _prunable_names(directory, family)
+    wanted = set(names)
+    found: dict[str, MatrixSparsity] = {}
+    index = directory / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else None
+    paths = [directory / f for f in files] if files else sorted(directory.glob("*.safetensors"))
+    for path in paths:
+        with safe_open(str(path), framework="pt") as handle:
+            for key in handle.keys():
+                # A checkpoint names "model.layers.0.x.weight" or "layers.0.x.weight": match on the canonical tail.
+                parts = key.split(".")
+                name = next((".".join(parts[i:]) for i in range(len(parts)) if ".".join(parts[i:]) in wanted), None)
+                if name is not None and name not in found:
+                    found[name] = measure_matrix(name, handle.get_tensor(key))
+    return SparsityReport([found[n] for n in names if n in found])
