@@ -90,10 +90,12 @@ def copy_sentence_transformers_extras(source: Path, work: Path) -> list[str]:
 
 
 def dense_parent_of(ref: ModelRef) -> dict[str, Any] | None:
-    """The dense model a compressed export came from (its base), or None for a model that is itself dense."""
-    compressed = any(a.kind in ("pruned", "quantized", "lowrank") for a in ref.chain)
-    if not compressed:
+    """The dense model `ref` was compressed from: the one named by --dense-parent or export metadata, else the
+    base of a compressing chain; None for a model that is itself dense."""
+    if ref.dense_parent is not None:
         return ref.dense_parent
+    if not any(a.kind in ("pruned", "quantized", "lowrank") for a in ref.chain):
+        return None
     base = ref.base
     return {"name": base.name, "id": base.sha256, "source": base.source}
 

@@ -12,10 +12,13 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from jdna.models import BaseModel, ModelRef
 
 # Dense checkpoints hold a handful of exact zeros at most; 5% of the prunable weights is far above that and far
 # below any sparsity a pruning study uses.
@@ -169,3 +172,80 @@ def measure_directory(directory: Path, family: str) -> SparsityReport:
                 if name is not None and name not in found:
                     found[name] = measure_matrix(name, handle.get_tensor(key))
     return SparsityReport([found[n] for n in names if n in found])
+
+
+_DETECTED: dict[str, SparsityReport] = {}
+
+
+def detect_sparsity(base: BaseModel) -> SparsityReport:
+    """Measured sparsity of a base model's weights (memoised per weights sha256 within a process).
+
+    Plain checkpoints are read tensor by tensor; a quantized checkpoint (compressed-tensors) is loaded
+    decompressed, since its packed codes are not weights.
+    """
+    if base.sha256 not in _DETECTED:
+        if isinstance(base.config.get("quantization_config"), dict):
+            from jdna.models import ModelRef, load_model
+
+            model, _ = load_model(ModelRef(base=base))
+            _DETECTED[base.sha256] = measure_model(model)
+        else:
+            _DETECTED[base.sha256] = measure_directory(base.path, base.family)
+    return _DETECTED[base.sha256]
+
+
+def reference_of(ref: ModelRef) -> dict[str, Any]:
+    """How a record names a model it points to (e.g. a dense parent): its id is what that model's own eval
+    records carry as ``model.id`` (the weights sha256 for a plain model, the artifact id for an artifact)."""
+    return {"name": ref.display_name, "id": ref.identity, "source": ref.base.source}
+
+
+def external_compression(report: SparsityReport) -> dict[str, Any]:
+    """The ``compression`` block of a model pruned outside jdna, from its measured zeros."""
+    return {
+        "kind": "pruned",
+        "method": "external",
+        "sparsity": round(report.sparsity, 6),
+        "bits_per_weight": round(report.bits_per_weight, 6),
+        "target_sparsity": None,
+        "pattern": report.pattern,
+        "externally_pruned": True,
+    }
+
+
+def model_block_fields(ref: ModelRef) -> dict[str, Any]:
+    """What an eval record's ``model`` block adds about compression that happened outside the jdna chain.
+
+    ``dense_parent``: the dense model this one was compressed from (--dense-parent, a jdna export's metadata,
+    or the base of a compressing chain); None for a dense model. For a model without a chain,
+    ``detected_sparsity`` (measured zeros), and a ``compression`` block from the export metadata or, for a
+    clearly sparse model, from the measured zeros (method "external").
+    """
+    from jdna.exporting import dense_parent_of, read_export_metadata
+
+    fields: dict[str, Any] = {"dense_parent": dense_parent_of(ref)}
+    if ref.chain:
+        return fields
+    report = detect_sparsity(ref.base)
+    fields["detected_sparsity"] = report.summary()
+    exported = read_export_metadata(ref.base.path)
+    exported_compression = (exported or {}).get("compression") or {}
+    if exported_compression.get("method", "dense") != "dense":
+        fields["compression"] = {**exported_compression, "from": "jdna export metadata"}
+    elif report.externally_pruned:
+        fields["compression"] = external_compression(report)
+    return fields
+
+
+def record_dense_parent(record: dict[str, Any], parent: dict[str, Any]) -> dict[str, Any]:
+    """Set ``model.dense_parent`` in an eval record and its file: labelling a cached result needs no re-run."""
+    from jdna.io import write_json_atomic
+
+    model = record.get("model")
+    if not isinstance(model, dict) or model.get("dense_parent") == parent:
+        return record
+    path = Path(record["path"])
+    stored = json.loads(path.read_text())
+    stored["model"]["dense_parent"] = parent
+    write_json_atomic(path, stored)
+    return {**record, "model": {**model, "dense_parent": parent}}
