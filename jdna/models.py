@@ -163,10 +163,14 @@ def _hub_snapshot(repo_id: str, allow_pickle: bool) -> Path:
         reason = (str(error).splitlines() or [type(error).__name__])[0][:120]
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
         where = "the local HF cache (HF_HUB_OFFLINE is set)" if offline else "the Hugging Face hub"
+        fix = (
+            "download it once with network access (HF_HUB_OFFLINE unset)"
+            if offline
+            else "offline, set HF_HUB_OFFLINE=1 to use only the local HF cache"
+        )
         raise JdnaError(
             f"model '{repo_id}' is not a local path, jdna artifact or demo name, and {where} could not provide it "
-            f"({reason}); offline, set HF_HUB_OFFLINE=1 to use only the local HF cache, or pass a local model "
-            f"directory or a demo name ({', '.join(DEMO_MODELS)})"
+            f"({reason}); {fix}, or pass a local model directory or a demo name ({', '.join(DEMO_MODELS)})"
         ) from None
 
 
@@ -183,6 +187,10 @@ def resolve_base(name: str, allow_pickle: bool = False) -> BaseModel:
     path = Path(os.path.expanduser(name))  # unlike Path.expanduser, never raises
     if path.is_dir():
         return _base_from_dir(str(path), "local", path, allow_pickle)
+    from jdna.model_files import gguf_base, is_gguf_file
+
+    if path.is_file() and is_gguf_file(path):
+        return gguf_base(path, allow_pickle)
     if name in DEMO_MODELS:
         return _base_from_dir(name, "demo", demo_model_dir(name), allow_pickle)
     if _looks_like_path(name):
@@ -214,8 +222,13 @@ def resolve(spec: str, allow_pickle: bool = False) -> ModelRef:
     if not spec:
         raise JdnaError("no model given: pass a MODEL (path, HF id or demo name) or pipe a jdna record")
     path = Path(os.path.expanduser(spec))
-    if path.is_file():
-        artifact = read_artifact(path)
+    from jdna.model_files import is_gguf_file, not_a_model_error
+
+    if path.is_file() and not is_gguf_file(path):
+        try:
+            artifact = read_artifact(path)
+        except JdnaError as error:
+            raise not_a_model_error(path) or error from None
         chain = artifact_chain(artifact)
         base = _base_from_reference(chain[0].header["base"], chain[0].path, allow_pickle)
         for item in chain[1:]:

@@ -3,7 +3,11 @@
 A model pruned elsewhere (Wanda's or SparseGPT's scripts, llm-compressor) arrives as a plain Hugging Face
 directory whose weights simply contain zeros. jdna reads those zeros so such a model is recorded as pruned (with
 its measured sparsity and N:M pattern) rather than as dense. Pretrained dense weights have essentially no exact
-zeros, so a zero fraction above ``EXTERNAL_PRUNING_THRESHOLD`` marks a model as externally pruned.
+zeros, so a zero fraction of at least ``EXTERNAL_PRUNING_THRESHOLD`` marks a model as externally pruned.
+
+Quantized-then-dequantized weights also hold exact zeros (every weight that rounds to the zero-point): about
+13-15% at 4 bits, more at 3 bits and below. The threshold sits above the 4-bit figure; a dequantized model at 3
+bits or fewer can still cross it, and then reads as pruned (its N:M pattern, if any, tells pruning apart).
 """
 
 from __future__ import annotations
@@ -20,9 +24,9 @@ from torch import nn
 if TYPE_CHECKING:
     from jdna.models import BaseModel, ModelRef
 
-# Dense checkpoints hold a handful of exact zeros at most; 5% of the prunable weights is far above that and far
-# below any sparsity a pruning study uses.
-EXTERNAL_PRUNING_THRESHOLD = 0.05
+# Dense checkpoints hold a handful of exact zeros at most and 4-bit dequantized ones about 15% (see above); a
+# pruning study's sparsities start around 30%.
+EXTERNAL_PRUNING_THRESHOLD = 0.25
 
 # N:M patterns checked, most sparse first; the first one every matrix satisfies is reported.
 CANDIDATE_PATTERNS: tuple[tuple[int, int], ...] = ((1, 4), (2, 4), (4, 8))
@@ -59,8 +63,8 @@ class SparsityReport:
 
     @property
     def n_m(self) -> tuple[int, int] | None:
-        """The N:M pattern every matrix follows, if any (only reported for a clearly sparse model)."""
-        if not self.matrices or not self.externally_pruned:
+        """The N:M pattern every matrix follows, if any."""
+        if not self.matrices or not self.zeros:
             return None
         for pattern in CANDIDATE_PATTERNS:
             if all(pattern in m.patterns for m in self.matrices):
@@ -74,7 +78,7 @@ class SparsityReport:
 
     @property
     def externally_pruned(self) -> bool:
-        return self.sparsity >= EXTERNAL_PRUNING_THRESHOLD
+        return self.sparsity >= EXTERNAL_PRUNING_THRESHOLD or self.n_m is not None
 
     @property
     def bits_per_weight(self) -> float:
