@@ -59,5 +59,8 @@ def export(
         "dense_parent": metadata["dense_parent"],
         "measured_sparsity": metadata["measured_sparsity"],
     }
-    record.update(ref.compression())
+    compression = ref.compression()
+    # The flat figures as before, but "kind" stays "hf-dir": the compression kind is in the block.
+    record.update({key: value for key, value in compression.items() if key != "kind"})
+    record["compression"] = compression
     emit(record)

@@ -68,7 +68,8 @@ def test_gptq_4bit_exports_pack_quantized_with_the_weights_jdna_evaluates(
     )
     out = tmp_path / "ct"
     record = _ok(run("export", quantized["path"], "-o", str(out), "--format", "compressed-tensors"))
-    assert record["format"] == "compressed-tensors" and record["kind"] == "quantized"
+    assert record["format"] == "compressed-tensors" and record["kind"] == "hf-dir"
+    assert record["compression"]["kind"] == "quantized" and record["bits_per_weight"] == quantized["bits_per_weight"]
 
     config = json.loads((out / "config.json").read_text())
     quant = config["quantization_config"]

@@ -112,7 +112,7 @@ def test_eval_of_a_jdna_export_finds_its_dense_parent_itself(tiny_llama: Path, m
     pruned = run("prune", str(tiny_llama), "--sparsity", "0.5")
     exported = run("export", "-o", str(tmp_path / "hf"), stdin=pruned.stdout)
     assert exported.code == 0, exported.stderr
-    record = run("eval", str(tmp_path / "hf"), "--task", f"file:{mc_task}").record
+    record = run("eval", "--task", f"file:{mc_task}", stdin=exported.stdout).record  # an export's record pipes
     model = record["model"]
     assert model["dense_parent"]["id"] == resolve(str(tiny_llama)).base.sha256
     assert model["compression"]["method"] == "magnitude" and model["compression"]["sparsity"] == pytest.approx(0.5)
