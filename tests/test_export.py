@@ -80,6 +80,8 @@ def test_gptq_4bit_exports_pack_quantized_with_the_weights_jdna_evaluates(
         4, "group", 16, True
     )
     assert quant["ignore"] == ["lm_head"]
+    # The zeros a 4-bit grid produces (weights rounding to the zero-point) do not read as pruning.
+    assert not record["measured_sparsity"]["externally_pruned"]
 
     evaluated = model_parameters(quantized["path"])
     _assert_same_weights(evaluated, _dequantized_by_compressed_tensors(out), prefix="model.")
