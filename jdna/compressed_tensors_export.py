@@ -95,7 +95,7 @@ def _weights_args(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def _pack_quantized(ref: ModelRef, artifact: Artifact, model: nn.Module, work: Path) -> dict[str, Any]:
+def _pack_quantized(artifact: Artifact, model: nn.Module, work: Path) -> dict[str, Any]:
     from compressed_tensors import ModelCompressor
     from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
     from compressed_tensors.quantization import QuantizationArgs, QuantizationConfig, QuantizationScheme
@@ -171,7 +171,7 @@ def write_compressed_tensors(ref: ModelRef, model: nn.Module, work: Path, report
         )
     if top is not None and top.kind == "quantized":
         reporter.log("packing quantized codes (compressed-tensors pack-quantized)")
-        details = _pack_quantized(ref, top, model, work)
+        details = _pack_quantized(top, model, work)
     else:
         model.save_pretrained(work, safe_serialization=True)
         details = {

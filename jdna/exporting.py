@@ -49,11 +49,15 @@ def write_hf(ref: ModelRef, model: nn.Module, work: Path, reporter: Reporter) ->
     kinds = {artifact.kind for artifact in ref.chain}
     if "quantized" in kinds:
         notes.append("quantized matrices are stored dequantized (scale * (code - zero)), not as integer codes")
+    details: dict[str, Any] = {"weights": "dense", "notes": notes}
     if "lowrank" in kinds:
         notes.append("low-rank matrices are stored as the dense product left @ right, not as factors")
+        factored = [a for a in ref.chain if a.kind == "lowrank"][-1]
+        entries = factored.header.get("lowrank", {})
+        details["lowrank_ranks"] = {name: entry.get("rank") for name, entry in entries.items()}
     if "pruned" in kinds:
         notes.append("pruned positions are stored as exact zeros in dense matrices")
-    return {"weights": "dense", "notes": notes}
+    return details
 
 
 def _register_compressed_tensors() -> None:

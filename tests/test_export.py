@@ -152,6 +152,7 @@ def test_lowrank_is_refused_for_compressed_tensors_and_exported_dense_for_hf(
     _ok(run("export", lowrank["path"], "-o", str(out)))
     metadata = json.loads((out / "jdna.json").read_text())
     assert any("left @ right" in note for note in metadata["details"]["notes"])
+    assert metadata["details"]["lowrank_ranks"]["layers.0.mlp.up_proj.weight"] == 16  # half of min(64, 32)
 
 
 def test_hf_export_keeps_sentence_transformers_files_and_lineage(tmp_path: Path) -> None:
