@@ -238,6 +238,8 @@ def model_block_fields(ref: ModelRef) -> dict[str, Any]:
         fields["compression"] = {**exported_compression, "from": "jdna export metadata"}
     elif report.externally_pruned:
         fields["compression"] = external_compression(report)
+    if report.externally_pruned:
+        fields["detected_sparsity"]["per_matrix"] = {m.name: round(m.sparsity, 6) for m in report.matrices}
     return fields
 
 

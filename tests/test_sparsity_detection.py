@@ -98,6 +98,7 @@ def test_eval_records_the_measured_pruning_and_the_dense_parent(
     model = first.record["model"]
     assert model["compression"]["kind"] == "pruned" and model["compression"]["method"] == "external"
     assert model["compression"]["pattern"] == "2:4" and model["detected_sparsity"]["externally_pruned"]
+    assert model["detected_sparsity"]["per_matrix"]["layers.1.self_attn.o_proj.weight"] == pytest.approx(0.5)
     assert model["dense_parent"] is None
 
     # Naming the parent afterwards labels the cached record (no re-run) with the id of the dense records.
