@@ -26,7 +26,7 @@ AllowPickle = Annotated[bool, typer.Option(help="Allow loading pickle (.bin) wei
 
 console = Console(stderr=True, highlight=False)
 
-ARTIFACT_KINDS = ("pruned", "quantized", "lowrank", "finetuned")
+ARTIFACT_KINDS = ("pruned", "quantized", "lowrank", "finetuned", "hf-dir")  # hf-dir: a jdna export's record
 
 
 # Whether commands draw progress: None = on a terminal only; True/False = forced by --progress/--no-progress
@@ -118,7 +118,7 @@ def model_from_stdin(model: str | None) -> str:
             return path
         if kind is not None and kind not in ARTIFACT_KINDS:
             raise JdnaError(
-                f"stdin holds a '{kind}' record, not a model artifact: pipe the output of prune, "
+                f"stdin holds a '{kind}' record, not a model artifact: pipe the output of prune, export, "
                 "quantize, lowrank or finetune"
             )
         raise JdnaError("stdin holds a JSON record without a model artifact 'path'")

@@ -132,6 +132,13 @@ def eval_command(
     ] = None,
     force: Annotated[bool, typer.Option(help="Recompute even if the content-addressed record exists.")] = False,
     allow_pickle: AllowPickle = False,
+    dense_parent: Annotated[
+        str | None,
+        typer.Option(
+            help="The dense model MODEL was pruned from (path, HF id or demo name), recorded as model.dense_parent "
+            "so 'jdna difficulty' can normalise a model pruned outside jdna. Automatic for jdna exports."
+        ),
+    ] = None,
 ) -> None:
     """Evaluate a model on a task (multiple choice, generation, perplexity, classification) with difficulty knobs.
 
@@ -165,5 +172,11 @@ def eval_command(
     for config in configs:
         prepare(config)  # task data and knobs (pool sizes, option counts) before any model
     ref = resolve(model_from_stdin(model), allow_pickle=allow_pickle)
+    from jdna.sparsity import record_dense_parent, reference_of
+
+    if dense_parent is not None:
+        ref.dense_parent = reference_of(resolve(dense_parent, allow_pickle=allow_pickle))
     for record in run_evals(ref, configs, out, CliReporter("eval"), force=force):
+        if ref.dense_parent is not None:
+            record = record_dense_parent(record, ref.dense_parent)  # also labels a cached record
         emit(summary(record))

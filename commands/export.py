@@ -1,17 +1,15 @@
-"""jdna export: write any model or artifact as a plain Hugging Face model directory."""
+"""jdna export: write any model or artifact as a Hugging Face directory (plain, or compressed-tensors)."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from jdna.commands.common import CliReporter, emit, model_from_stdin
 from jdna.errors import JdnaError
-from jdna.models import load_model, resolve
+from jdna.exporting import FORMATS, export_model
+from jdna.models import resolve
 from jdna.paths import expand
 
 
@@ -21,11 +19,21 @@ def export(
         typer.Argument(help="Artifact path, model name, or '-'/nothing to read a record from stdin."),
     ] = None,
     output: Annotated[str, typer.Option("--output", "-o", help="Directory to create (must not exist).")] = "",
+    export_format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="hf: dense weights as jdna evaluates them. compressed-tensors: quantized models as pack-quantized "
+            "integer codes (llm-compressor's format, loadable by transformers/vLLM); pruned models dense with "
+            "their zeros; low-rank refused.",
+        ),
+    ] = "hf",
     allow_pickle: Annotated[
         bool, typer.Option(help="Allow pickle (.bin) weights. Only for trusted models.")
     ] = False,
 ) -> None:
-    """Materialise a model (base + artifact chain) as a plain HF directory usable by any transformers tool."""
+    """Materialise a model (base + artifact chain) as an HF directory, with its jdna lineage in jdna.json."""
+    FORMATS.get(export_format)  # an unknown format fails before anything is loaded
     if not output:
         raise JdnaError("export needs -o DIR (a directory that does not exist yet)")
     target = expand(output)
@@ -33,19 +41,26 @@ def export(
         raise JdnaError(f"'{target}' already exists: choose a new directory for -o")
     if not target.parent.is_dir():
         raise JdnaError(f"output directory '{target.parent}' does not exist: create it first")
+    if export_format == "compressed-tensors":
+        from jdna.compressed_tensors_export import require_compressed_tensors
+
+        require_compressed_tensors()
     reporter = CliReporter("export")
     ref = resolve(model_from_stdin(model), allow_pickle=allow_pickle)
-    reporter.log(f"materialising {ref.display_name}")
-    loaded, tokenizer = load_model(ref, allow_pickle=allow_pickle)
-    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        loaded.save_pretrained(work, safe_serialization=True)
-        tokenizer.save_pretrained(work)
-        work.rename(target)
-    except OSError as error:
-        raise JdnaError(f"could not write '{target}': {error.strerror or error}") from None
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    record = {"path": str(target), "kind": "hf-dir", "source": ref.display_name, "lineage": ref.lineage()}
-    record.update(ref.compression())
+    metadata = export_model(ref, target, export_format, reporter, allow_pickle=allow_pickle)
+    reporter.log(f"wrote {target} ({metadata['size_bytes'] / 1e6:.1f} MB, {export_format})")
+    record = {
+        "path": str(target),
+        "kind": "hf-dir",
+        "format": export_format,
+        "source": ref.display_name,
+        "lineage": ref.lineage(),
+        "size_bytes": metadata["size_bytes"],
+        "dense_parent": metadata["dense_parent"],
+        "measured_sparsity": metadata["measured_sparsity"],
+    }
+    compression = ref.compression()
+    # The flat figures as before, but "kind" stays "hf-dir": the compression kind is in the block.
+    record.update({key: value for key, value in compression.items() if key != "kind"})
+    record["compression"] = compression
     emit(record)

@@ -106,6 +106,29 @@ def _describe(ref: ModelRef, matrices: bool) -> tuple[list[str], dict[str, Any]]
     return shown, record
 
 
+def _measured_sparsity(ref: ModelRef, matrices: bool) -> dict[str, Any]:
+    """A plain model's own zeros (a model pruned outside jdna shows up here) and its dense parent, if known."""
+    from jdna.sparsity import detect_sparsity, model_block_fields
+
+    report = detect_sparsity(ref.base)
+    fields = model_block_fields(ref)
+    if report.externally_pruned:
+        console.print(
+            f"[bold]externally pruned[/bold]: {report.sparsity:.4f} of {report.numel} prunable weights are exact "
+            f"zeros ({report.pattern})"
+        )
+        if matrices:
+            console.print(_matrix_table({"matrices": report.per_matrix(), "prunable_params": report.numel,
+                                         "pruned_params": report.zeros, "sparsity": report.sparsity}))
+    return {
+        "externally_pruned": report.externally_pruned,
+        "detected_sparsity": fields["detected_sparsity"],
+        "per_matrix_sparsity": {m["name"]: m["sparsity"] for m in report.per_matrix()},
+        "compression": fields.get("compression", ref.compression()),
+        "dense_parent": fields["dense_parent"],
+    }
+
+
 def info(
     model: Annotated[
         str | None,
@@ -137,7 +160,8 @@ def info(
             "layers": base.config.get("num_hidden_layers"),
             "hidden_size": base.config.get("hidden_size"),
         }
-        console.print(tabulate([[k, v] for k, v in record.items()], tablefmt="plain"))
+        record.update(_measured_sparsity(ref, matrices))
+        console.print(tabulate([[k, v] for k, v in record.items() if not isinstance(v, dict)], tablefmt="plain"))
         emit(record)
         return
     artifact = ref.top

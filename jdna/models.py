@@ -50,6 +50,9 @@ class ModelRef:
 
     base: BaseModel
     chain: list[Artifact] = field(default_factory=list)
+    # The dense model this one was compressed from, when it is not in `chain` (an export, an externally pruned
+    # model): {"name", "id", "source"}, from --dense-parent or a jdna export's metadata. See docs/records.md.
+    dense_parent: dict[str, Any] | None = None
 
     @property
     def top(self) -> Artifact | None:
@@ -160,10 +163,14 @@ def _hub_snapshot(repo_id: str, allow_pickle: bool) -> Path:
         reason = (str(error).splitlines() or [type(error).__name__])[0][:120]
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
         where = "the local HF cache (HF_HUB_OFFLINE is set)" if offline else "the Hugging Face hub"
+        fix = (
+            "download it once with network access (HF_HUB_OFFLINE unset)"
+            if offline
+            else "offline, set HF_HUB_OFFLINE=1 to use only the local HF cache"
+        )
         raise JdnaError(
             f"model '{repo_id}' is not a local path, jdna artifact or demo name, and {where} could not provide it "
-            f"({reason}); offline, set HF_HUB_OFFLINE=1 to use only the local HF cache, or pass a local model "
-            f"directory or a demo name ({', '.join(DEMO_MODELS)})"
+            f"({reason}); {fix}, or pass a local model directory or a demo name ({', '.join(DEMO_MODELS)})"
         ) from None
 
 
@@ -180,6 +187,10 @@ def resolve_base(name: str, allow_pickle: bool = False) -> BaseModel:
     path = Path(os.path.expanduser(name))  # unlike Path.expanduser, never raises
     if path.is_dir():
         return _base_from_dir(str(path), "local", path, allow_pickle)
+    from jdna.model_files import gguf_base, is_gguf_file
+
+    if path.is_file() and is_gguf_file(path):
+        return gguf_base(path, allow_pickle)
     if name in DEMO_MODELS:
         return _base_from_dir(name, "demo", demo_model_dir(name), allow_pickle)
     if _looks_like_path(name):
@@ -211,15 +222,24 @@ def resolve(spec: str, allow_pickle: bool = False) -> ModelRef:
     if not spec:
         raise JdnaError("no model given: pass a MODEL (path, HF id or demo name) or pipe a jdna record")
     path = Path(os.path.expanduser(spec))
-    if path.is_file():
-        artifact = read_artifact(path)
+    from jdna.model_files import is_gguf_file, not_a_model_error
+
+    if path.is_file() and not is_gguf_file(path):
+        try:
+            artifact = read_artifact(path)
+        except JdnaError as error:
+            raise not_a_model_error(path) or error from None
         chain = artifact_chain(artifact)
         base = _base_from_reference(chain[0].header["base"], chain[0].path, allow_pickle)
         for item in chain[1:]:
             if item.header["base"].get("sha256") != base.sha256:
                 raise JdnaError(f"artifact '{item.path}' names a different base model than its parent")
         return ModelRef(base=base, chain=chain)
-    return ModelRef(base=resolve_base(spec, allow_pickle))
+    base = resolve_base(spec, allow_pickle)
+    from jdna.exporting import read_export_metadata  # here: jdna.exporting imports this module
+
+    exported = read_export_metadata(base.path)
+    return ModelRef(base=base, dense_parent=(exported or {}).get("dense_parent"))
 
 
 # --- loading -----------------------------------------------------------------------------------------
@@ -309,6 +329,9 @@ def load_model(
         model_class = AutoModelForCausalLM
     else:
         model_class = AutoModel
+    from jdna.compressed_tensors_export import loading_kwargs
+
+    kwargs.update(loading_kwargs(ref.base.config))  # a compressed-tensors export loads decompressed
     try:
         model = model_class.from_pretrained(str(ref.base.path), **kwargs)
     except (OSError, ValueError) as error:

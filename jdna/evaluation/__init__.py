@@ -235,6 +235,8 @@ def _read_cached(path: Path, identity: str) -> dict[str, Any] | None:
 
 
 def _model_block(ref: ModelRef) -> dict[str, Any]:
+    from jdna.sparsity import model_block_fields
+
     return {
         "name": ref.display_name,
         "id": ref.identity,
@@ -242,6 +244,7 @@ def _model_block(ref: ModelRef) -> dict[str, Any]:
         "base_sha256": ref.base.sha256,
         "lineage": ref.lineage(),
         "compression": ref.compression(),
+        **model_block_fields(ref),  # dense_parent; measured zeros of a model pruned outside jdna
     }
 
 

@@ -1,0 +1,193 @@
+"""Export a model (base + artifact chain) as a directory other tools load: plain HF, or compressed-tensors.
+
+Every export carries its jdna lineage twice: a ``jdna`` entry in ``config.json`` (so it travels with the config
+wherever the model goes) and the full ``jdna.json`` beside it (lineage, compression, measured sparsity, the dense
+parent's identity, versions). A sentence-transformers model keeps its pipeline files (``modules.json``,
+``1_Pooling/``...). The directory is built in a temporary sibling and renamed into place at the end, so a
+directory under the final name is always complete.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from jdna.errors import JdnaError
+from jdna.models import ModelRef, load_model
+from jdna.progress import Reporter
+from jdna.registry import Registry
+
+EXPORT_METADATA_FILE = "jdna.json"
+CONFIG_KEY = "jdna"
+EXPORT_FORMAT_NAME = "jdna-export"
+EXPORT_FORMAT_VERSION = 1
+
+# sentence-transformers keeps its pipeline (module list, pooling, normalisation) beside the transformer weights.
+SENTENCE_TRANSFORMERS_FILES = (
+    "modules.json",
+    "sentence_bert_config.json",
+    "config_sentence_transformers.json",
+)
+
+# A writer saves the loaded model's weights and config.json into the work directory and returns what it did
+# (format details that go into jdna.json).
+Writer = Callable[[ModelRef, nn.Module, Path, Reporter], dict[str, Any]]
+FORMATS: Registry[Writer] = Registry("export format")
+
+
+@FORMATS.register("hf")
+def write_hf(ref: ModelRef, model: nn.Module, work: Path, reporter: Reporter) -> dict[str, Any]:
+    """Dense weights exactly as jdna evaluates them (pruned positions are zeros, quantized/low-rank decoded)."""
+    model.save_pretrained(work, safe_serialization=True)
+    notes = []
+    kinds = {artifact.kind for artifact in ref.chain}
+    if "quantized" in kinds:
+        notes.append("quantized matrices are stored dequantized (scale * (code - zero)), not as integer codes")
+    details: dict[str, Any] = {"weights": "dense", "notes": notes}
+    if "lowrank" in kinds:
+        notes.append("low-rank matrices are stored as the dense product left @ right, not as factors")
+        factored = [a for a in ref.chain if a.kind == "lowrank"][-1]
+        entries = factored.header.get("lowrank", {})
+        details["lowrank_ranks"] = {name: entry.get("rank") for name, entry in entries.items()}
+    if "pruned" in kinds:
+        notes.append("pruned positions are stored as exact zeros in dense matrices")
+    return details
+
+
+def _register_compressed_tensors() -> None:
+    # The module imports nothing heavy at import time; compressed-tensors itself is imported when it writes.
+    from jdna.compressed_tensors_export import write_compressed_tensors
+
+    if "compressed-tensors" not in FORMATS:
+        FORMATS.add("compressed-tensors", write_compressed_tensors)
+
+
+_register_compressed_tensors()
+
+
+def copy_sentence_transformers_extras(source: Path, work: Path) -> list[str]:
+    """Copy a sentence-transformers pipeline's files (modules.json and the module folders it names)."""
+    copied: list[str] = []
+    for name in SENTENCE_TRANSFORMERS_FILES:
+        if (source / name).is_file():
+            shutil.copy2(source / name, work / name)
+            copied.append(name)
+    modules_file = source / "modules.json"
+    if modules_file.is_file():
+        try:
+            modules = json.loads(modules_file.read_text())
+        except json.JSONDecodeError:
+            modules = []
+        for module in modules if isinstance(modules, list) else []:
+            folder = str(module.get("path") or "") if isinstance(module, dict) else ""
+            # Only plain sub-folder names: a crafted modules.json must not copy files from elsewhere.
+            if folder and Path(folder).name == folder and folder not in (".", "..") and (source / folder).is_dir():
+                shutil.copytree(source / folder, work / folder, dirs_exist_ok=True)
+                copied.append(folder + "/")
+    return copied
+
+
+def dense_parent_of(ref: ModelRef) -> dict[str, Any] | None:
+    """The dense model `ref` was compressed from: the one named by --dense-parent or export metadata, else the
+    base of a compressing chain; None for a model that is itself dense."""
+    if ref.dense_parent is not None:
+        return ref.dense_parent
+    if not any(a.kind in ("pruned", "quantized", "lowrank") for a in ref.chain):
+        return None
+    base = ref.base
+    return {"name": base.name, "id": base.sha256, "source": base.source}
+
+
+def export_metadata(ref: ModelRef, export_format: str, details: dict[str, Any], sparsity: dict[str, Any]) -> dict:
+    from jdna.artifact import versions
+
+    return {
+        "format": EXPORT_FORMAT_NAME,
+        "version": EXPORT_FORMAT_VERSION,
+        "export_format": export_format,
+        "source": ref.display_name,
+        "id": ref.identity,
+        "base": ref.base.reference(),
+        "dense_parent": dense_parent_of(ref),
+        "lineage": ref.lineage(),
+        "compression": ref.compression(),
+        "measured_sparsity": sparsity,
+        "details": details,
+        "versions": versions(),
+    }
+
+
+def _config_entry(metadata: dict[str, Any]) -> dict[str, Any]:
+    """The short form that goes into config.json (the full form is jdna.json)."""
+    keys = ("format", "version", "export_format", "source", "id", "dense_parent", "compression")
+    entry = {key: metadata[key] for key in keys}
+    entry["base"] = {"name": metadata["base"]["name"], "sha256": metadata["base"]["sha256"]}
+    entry["lineage"] = [
+        {k: v for k, v in step.items() if k in ("kind", "name", "id", "operation", "method", "sparsity")}
+        for step in metadata["lineage"]
+    ]
+    return entry
+
+
+def read_export_metadata(directory: Path) -> dict[str, Any] | None:
+    """jdna.json of an export directory, or the ``jdna`` entry of its config.json; None for other directories."""
+    for path, pick in ((directory / EXPORT_METADATA_FILE, lambda d: d), (directory / "config.json",
+                                                                        lambda d: d.get(CONFIG_KEY))):
+        if not path.is_file():
+            continue
+        try:
+            data = pick(json.loads(path.read_text()))
+        except (json.JSONDecodeError, AttributeError, OSError):
+            continue
+        if isinstance(data, dict) and data.get("format") == EXPORT_FORMAT_NAME:
+            return data
+    return None
+
+
+def directory_size(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
+
+
+def export_model(
+    ref: ModelRef,
+    target: Path,
+    export_format: str = "hf",
+    reporter: Reporter | None = None,
+    allow_pickle: bool = False,
+) -> dict[str, Any]:
+    """Write `ref` to the new directory `target` in `export_format`; returns the metadata plus file sizes."""
+    from jdna.sparsity import measure_model
+
+    reporter = reporter or Reporter()
+    writer = FORMATS.get(export_format)
+    if target.exists():
+        raise JdnaError(f"'{target}' already exists: choose a new directory for -o")
+    if not target.parent.is_dir():
+        raise JdnaError(f"output directory '{target.parent}' does not exist: create it first")
+    reporter.log(f"materialising {ref.display_name}")
+    model, tokenizer = load_model(ref, allow_pickle=allow_pickle)
+    sparsity = measure_model(model).summary()
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        details = writer(ref, model, work, reporter)
+        tokenizer.save_pretrained(work)
+        details["sentence_transformers"] = copy_sentence_transformers_extras(ref.base.path, work)
+        metadata = export_metadata(ref, export_format, details, sparsity)
+        config_path = work / "config.json"
+        config = json.loads(config_path.read_text())
+        config[CONFIG_KEY] = _config_entry(metadata)
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        (work / EXPORT_METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+        work.rename(target)
+    except OSError as error:
+        raise JdnaError(f"could not write '{target}': {error.strerror or error}") from None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    metadata["size_bytes"] = directory_size(target)
+    return metadata

@@ -1,0 +1,79 @@
+"""Single files given as MODEL that are not jdna artifacts: GGUF checkpoints (loaded), records (explained).
+
+A GGUF file is dequantized once by transformers (``gguf_file=``), the same path the ``smollm2-135m`` demo takes,
+and cached as safetensors under ``$JDNA_HOME/models/gguf-<sha256[:16]>``; later runs use the cache. A JSON file
+(an eval record, a difficulty table) is refused with a line saying what it is instead of "corrupt".
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from jdna.errors import JdnaError
+from jdna.io import sha256_file
+from jdna.paths import jdna_home
+
+if TYPE_CHECKING:
+    from jdna.models import BaseModel
+
+GGUF_MAGIC = b"GGUF"
+
+
+def is_gguf_file(path: Path) -> bool:
+    try:
+        with path.open("rb") as handle:
+            return handle.read(4) == GGUF_MAGIC
+    except OSError:
+        return False
+
+
+def gguf_cache_dir(path: Path) -> Path:
+    return jdna_home() / "models" / f"gguf-{sha256_file(path)[:16]}"
+
+
+def gguf_base(path: Path, allow_pickle: bool = False) -> BaseModel:
+    """The base model a GGUF file holds, converted to a safetensors directory on first use."""
+    from jdna.demo import _convert_gguf
+    from jdna.models import _base_from_dir
+
+    cache = gguf_cache_dir(path)
+    if not (cache / "model.safetensors").is_file():
+        try:
+            _convert_gguf(path.resolve(), cache)
+        except Exception as error:  # the GGUF reader raises many types for files it cannot read
+            reason = (str(error).splitlines() or [type(error).__name__])[0][:200]
+            raise JdnaError(
+                f"'{path}' is a GGUF file that transformers could not convert ({reason}); transformers reads "
+                "GGUF for a fixed set of architectures and quantization types: convert it to a Hugging Face "
+                "directory with the tool that made it, and pass that directory"
+            ) from None
+    base = _base_from_dir(str(path.resolve()), "gguf", cache, allow_pickle)
+    return base
+
+
+def not_a_model_error(path: Path) -> JdnaError | None:
+    """A precise error for a JSON file given as a model (an eval record, another record), else None."""
+    try:
+        with path.open("rb") as handle:
+            start = handle.read(64).lstrip()
+        if not start.startswith((b"{", b"[")):
+            return None
+        payload = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    records = payload if isinstance(payload, list) else [payload]
+    first = records[0] if records and isinstance(records[0], dict) else {}
+    kind = first.get("kind")
+    if kind == "eval":
+        model = first.get("model") if isinstance(first.get("model"), dict) else {}
+        return JdnaError(
+            f"'{path}' is a jdna eval record (task {first.get('task')!r}), not a model: pass the model it "
+            f"evaluated ({model.get('name')!r}), or give the record to 'jdna difficulty' / 'jdna plot'"
+        )
+    what = f"a jdna '{kind}' record" if isinstance(kind, str) else "a JSON file"
+    return JdnaError(
+        f"'{path}' is {what}, not a model: pass a jdna artifact (.safetensors), a Hugging Face model directory, "
+        "a .gguf file, an HF hub id or a demo name"
+    )
