@@ -72,7 +72,7 @@ def test_transfer_target_compares_the_modes_level_by_level(tiny_bert: Path, tmp_
     args, env, results = _make_command(
         tmp_path,
         f"T_MODEL={tiny_bert}", f"T_TASK=file:{task}", "T_TRAIN=8 16", "T_MODES=dense sparse freeze",
-        "SPARSITIES=0.5", "S1_FLAGS=--epochs 1 --batch-size 4 --max-length 16 --eval-limit 8",
+        "SPARSITIES=0.5", "T_FLAGS=--epochs 1 --batch-size 4 --max-length 16 --eval-limit 8",
         "{results}/transfer/difficulty.json", "{results}/transfer/figure.png",
     )
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
