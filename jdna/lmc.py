@@ -149,6 +149,29 @@ def _multiple_choice_scorer(task_spec: str, tokenizer: Any, limit: int | None, s
     return Scorer("acc", True, len(golds), score)
 
 
+def _mc_head_scorer(task_spec: str, tokenizer: Any, limit: int | None, seed: int, max_length: int,
+                    device: torch.device) -> Scorer:
+    """An encoder's multiple-choice head: cross-entropy over each item's options, and accuracy."""
+    from jdna.evaluation import EvalConfig, prepare
+    from jdna.finetune.multiple_choice import encode_items, option_logits
+
+    items = prepare(EvalConfig(task=task_spec, limit=limit, seed=seed)).items
+    data = encode_items(items, tokenizer, max_length)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    @torch.no_grad()
+    def score(model: nn.Module) -> tuple[float, float]:
+        total_loss, correct = 0.0, 0.0
+        for start in range(0, len(data), 16):
+            batch = {k: v.to(device) for k, v in data.collate(range(start, min(start + 16, len(data))), pad).items()}
+            logits = option_logits(model, batch)
+            total_loss += float(nn.functional.cross_entropy(logits, batch["labels"], reduction="sum"))
+            correct += float((logits.argmax(-1) == batch["labels"]).sum())
+        return total_loss / len(data), correct / len(data)
+
+    return Scorer("acc", True, len(items), score)
+
+
 def _perplexity_scorer(task_spec: str, tokenizer: Any, limit: int | None, seed: int) -> Scorer:
     from jdna.evaluation import EvalConfig, prepare
     from jdna.scoring import rolling_loglikelihood
@@ -174,6 +197,8 @@ def make_scorer(task_spec: str, ref: ModelRef, tokenizer: Any, limit: int | None
     head = head_of(ref)
     if head and head.get("type") == "sequence_classification":
         return _classification_scorer(task_spec, tokenizer, limit, device)
+    if head and head.get("type") == "multiple_choice":
+        return _mc_head_scorer(task_spec, tokenizer, limit, seed, int(head["max_length"]), device)
     if ref.base.family != "causal_lm":
         raise JdnaError(
             f"'{ref.display_name}' has no classification head: LMC on an encoder needs fine-tuned models "

@@ -105,6 +105,13 @@ def test_finetune_mc_head_all_modes_and_eval_reproduces(tiny_bert: Path, mc_task
             assert prediction == max(range(len(scores)), key=lambda i: (scores[i], -i))
     dense = run("finetune", pruned["path"], "--task", f"file:{mc_task}", "--mode", "dense", *FAST).record
     assert dense["cached"] is True
+    # LMC between two multiple-choice heads: the endpoints' accuracy is the validation accuracy of each.
+    sparse = run("finetune", pruned["path"], "--task", f"file:{mc_task}", "--mode", "sparse", *FAST).record
+    lmc = run("lmc", dense["path"], sparse["path"], "--task", f"file:{mc_task}", "--points", "3")
+    assert lmc.code == 0, lmc.stderr
+    assert lmc.record["metric_name"] == "acc" and lmc.record["n"] == 12
+    assert lmc.record["metric"][0] == pytest.approx(dense["metrics"]["acc"]["value"], abs=1e-6)
+    assert lmc.record["metric"][-1] == pytest.approx(sparse["metrics"]["acc"]["value"], abs=1e-6)
 
 
 def test_encoder_without_mc_head_cannot_be_evaluated_on_mc(tiny_bert: Path, mc_task: Path) -> None:
