@@ -23,21 +23,52 @@ CALIB_FLAGS ?= --calib $(CALIB) --calib-samples 32 --calib-seqlen 256
 LIMIT ?= 200
 R := results
 
-# Setting 1: training-data volume (fine-tuning a classifier with a growing training set).
+# --- paper scale ------------------------------------------------------------------------------------------
+# A target runs at paper scale when its model is not one of the demo models (a hub id such as roberta-base or
+# lmsys/vicuna-7b-v1.5, or a local checkpoint), or for every target with PAPER=1; PAPER=0 keeps the CPU-scale
+# defaults whatever the model. Paper scale = the paper's sparsity grid (0.1 … 0.9), the full training and
+# validation data, and the authors' fine-tuning recipe. A variable given on the command line always wins.
+DEMO_MODELS := minilm-l6 smollm2-135m
+PAPER ?=
+PAPER_SPARSITIES := 0.1 0.2 0.3 0.4 0.5 0.6 0.7 0.8 0.9
+paper = $(if $(filter 1,$(PAPER)),1,$(if $(filter 0,$(PAPER)),,$(if $(filter-out $(DEMO_MODELS),$(1)),1)))
+# The sparsity grid of a target whose model is $(1): the paper's at paper scale unless SPARSITIES was given.
+grid = $(if $(and $(call paper,$(1)),$(filter file default,$(origin SPARSITIES))),$(PAPER_SPARSITIES),$(SPARSITIES))
+# `--limit LIMIT` for model $(1)'s evaluations: a seeded sample at CPU scale, every item at paper scale.
+eval_limit = $(if $(and $(call paper,$(1)),$(filter file default,$(origin LIMIT))),,--limit $(LIMIT))
+# Fine-tuning flags for model $(1). Paper scale: the authors' released recipe (VITA-Group/Junk_DNA_Hypothesis:
+# GLUE_tasks/Glue_prune_oneshot.py, transformers' run_glue_no_trainer, and the commands in its README):
+# RoBERTa-base lr 2e-5, batch 32, length 128, 3 epochs; RoBERTa-large batch 16, length 512; AdamW with weight
+# decay 0 and a linear schedule (num_warmup_steps 0 there, so --warmup 0); the full validation split
+# (--eval-limit 0). CPU scale: 10x that lr (a few hundred examples must move a small encoder in 3 epochs),
+# jdna's defaults otherwise, and a 500-item validation sample.
+FT_PAPER_FLAGS = --epochs 3 --lr 2e-5 --weight-decay 0 --warmup 0 --eval-limit 0 \
+	$(if $(findstring large,$(1)),--batch-size 16 --max-length 512,--batch-size 32 --max-length 128)
+FT_CPU_FLAGS := --epochs 3 --lr 2e-4 --max-length 128 --eval-limit 500
+ft_flags = $(if $(call paper,$(1)),$(call FT_PAPER_FLAGS,$(1)),$(FT_CPU_FLAGS))
+# Shell: the training-set flag of a size $$n in S1_TRAIN/T_TRAIN: a count (--train-examples), a fraction of
+# the training pool with a decimal point (--train-fraction), or `all` (the whole pool).
+TRAIN_ARG = case $$n in all) train=;; *.*) train="--train-fraction $$n";; *) train="--train-examples $$n";; esac
+
+# Setting 1: training-data volume (fine-tuning a classifier with a growing training set). At paper scale the
+# authors' shares of the training set (10 25 50 75 100%), analysed on the train_fraction axis.
 S1_MODEL ?= $(ENCODER)
 S1_TASK ?= bigbench:multiemo/all_text_en
-S1_TRAIN ?= 200 400 800 1600
-S1_FLAGS ?= --epochs 3 --lr 2e-4 --max-length 128 --eval-limit 500
+S1_TRAIN ?= $(if $(call paper,$(S1_MODEL)),0.1 0.25 0.5 0.75 1.0,200 400 800 1600)
+S1_AXIS ?= $(if $(findstring .,$(S1_TRAIN)),--axis train_fraction)
+S1_FLAGS ?= $(call ft_flags,$(S1_MODEL))
 # Setting 2: number of answer options in multiple-choice QA.
 S2_MODEL ?= $(LM)
 S2_TASK ?= bigbench:abstract_narrative_understanding/4_distractors
 S2_OPTIONS ?= 2 3 4 5
-# Setting 3: context length in retrieval-augmented QA, offline by default: BIG-bench disfl_qa (SQuAD 2.0
-# passages split off as each item's evidence; primary metric token F1), with S3_CONTEXT model tokens of
-# passage around the answer (0 = closed book). Hub alternative: S3_TASK=trivia_qa (TriviaQA rc evidence).
+# Setting 3: context length in retrieval-augmented QA (Fig. 3), offline by default: BIG-bench disfl_qa (SQuAD
+# 2.0 passages split off as each item's evidence; primary metric token F1). Each level keeps S3_FRACTIONS of
+# the evidence document's model tokens, a window holding an answer occurrence; items whose document holds no
+# answer are excluded at every level, so all levels score the same items (closed book is not a level).
+# Hub alternative: S3_TASK=trivia_qa (TriviaQA rc evidence).
 S3_MODEL ?= $(LM)
 S3_TASK ?= bigbench:disfl_qa
-S3_CONTEXT ?= 0 32 64 128
+S3_FRACTIONS ?= 0.1 0.25 0.5 1.0
 S3_FLAGS ?= --shots 3
 # Setting 4: k-shot in-context learning.
 S4_MODEL ?= $(LM)
@@ -45,9 +76,9 @@ S4_TASK ?= mmlu
 S4_SHOTS ?= 0 1 3 5
 # Setting 5: human–LLM gap across tasks (difficulty = (human − dense)/dense from jdna/data/human_baselines.csv).
 # Offline by default (S5_KIND=eval): S5_MODEL evaluated zero-shot on BIG-bench multiple-choice tasks with
-# BIG-bench human-rater baselines. S5_KIND=finetune: the GLUE variant (needs the hub), fine-tuning an encoder
-# on each task, e.g. make setting5 S5_KIND=finetune S5_MODEL=roberta-base S5_TASKS="sst2 qnli mrpc rte cola"
-# (S5_FLAGS go to `jdna finetune` only).
+# BIG-bench human-rater baselines. S5_KIND=finetune: the GLUE variant (Figs 5 and 9; needs the hub), fine-tuning
+# an encoder on each task in every S5_MODES setting, e.g. make setting5 S5_KIND=finetune S5_MODEL=roberta-large
+# (paper scale: the full training data, the authors' recipe; S5_FLAGS go to `jdna finetune` only).
 S5_KIND ?= eval
 ifeq ($(S5_KIND),finetune)
 S5_MODEL ?= $(ENCODER)
@@ -57,25 +88,33 @@ S5_MODEL ?= $(LM)
 S5_TASKS ?= bigbench:vitaminc_fact_verification bigbench:goal_step_wikihow bigbench:hyperbaton \
 	bigbench:bbq_lite_json bigbench:temporal_sequences
 endif
-S5_FLAGS ?= --train-fraction 0.1
-# Setting 6: factoid (generative) vs multiple-choice QA.
+S5_MODES ?= dense sparse freeze regrow
+S5_FLAGS ?= $(if $(call paper,$(S5_MODEL)),$(call ft_flags,$(S5_MODEL)),--train-fraction 0.1)
+# Setting 6: factoid (generative) vs multiple-choice QA (Fig. 6). Factoid QA is closed book: a trivia_qa in
+# S6_TASKS runs as trivia_qa_nocontext (the same questions without their evidence documents).
 S6_MODEL ?= $(LM)
-S6_TASKS ?= bigbench:qa_wikidata bigbench:general_knowledge mmlu
+S6_TASKS ?= $(if $(call paper,$(S6_MODEL)),trivia_qa_nocontext commonsense_qa,bigbench:qa_wikidata bigbench:general_knowledge mmlu)
 # Quantization contrast (Fig. 7) and low-rank (Fig. 11) at matched bits per weight.
 Q_MODEL ?= $(LM)
 Q_TASK ?= $(S2_TASK)
 Q_OPTIONS ?= $(S2_OPTIONS)
 Q_BITS ?= 8 4 3 2
 Q_RANKS ?= 0.75 0.5 0.25
-# Transfer settings (Figs 8–9), each at several training-set sizes (the data-volume axis, so the difficulty
-# table compares the modes' drops level by level), and linear mode connectivity (Fig. 10).
+# Transfer settings (Fig. 8), each at several training-set sizes (the data-volume axis, so the difficulty
+# table compares the modes' drops level by level), and linear mode connectivity (Fig. 10). At paper scale the
+# top size is the whole training set (`all`: Fig. 8 itself) over the sparsity grid, with two smaller sizes
+# for the difficulty table; an encoder on a multiple-choice task (commonsense_qa) trains a multiple-choice
+# head. T_FLAGS go to every `jdna finetune` of transfer and lmc.
 T_MODEL ?= $(ENCODER)
 T_TASK ?= $(S1_TASK)
-T_TRAIN ?= 250 500 1000
+T_TRAIN ?= $(if $(call paper,$(T_MODEL)),1000 4000 all,250 500 1000)
 T_MODES ?= dense sparse freeze regrow
+T_FLAGS ?= $(call ft_flags,$(T_MODEL))
+# `--train-examples N`, or nothing for T_TRAIN/LMC_TRAIN = all (the whole training pool).
+train_flag = $(if $(filter all,$(1)),,--train-examples $(1))
 LMC_TASKS ?= bigbench:vitaminc_fact_verification bigbench:multiemo/all_text_en
 LMC_SPARSITY ?= 0.5
-LMC_TRAIN ?= 1000
+LMC_TRAIN ?= $(if $(call paper,$(T_MODEL)),all,1000)
 
 .PHONY: install test demo demo-encoder demo-lm data bench lint clean setting1 setting2 setting3 setting4 setting5 setting6 \
 	quantization transfer lmc methods study
@@ -122,56 +161,71 @@ $(R)/%/figure.png: $(R)/%/records.jsonl
 
 $(R)/setting1/records.jsonl: | install data
 	@mkdir -p $(@D); : > $@.tmp
-	for seed in $(SEEDS); do for n in $(S1_TRAIN); do \
-	  $(JDNA) finetune $(S1_MODEL) --task $(S1_TASK) --mode dense --train-examples $$n --seed $$seed $(S1_FLAGS) >> $@.tmp; \
-	  for s in $(SPARSITIES); do \
-	    $(JDNA) prune $(S1_MODEL) -s $$s --method $(METHOD) \
-	      | $(JDNA) finetune --task $(S1_TASK) --mode sparse --train-examples $$n --seed $$seed $(S1_FLAGS) >> $@.tmp; \
+	for seed in $(SEEDS); do for n in $(S1_TRAIN); do $(TRAIN_ARG); \
+	  $(JDNA) finetune $(S1_MODEL) --task $(S1_TASK) --mode dense $$train --seed $$seed $(S1_FLAGS) >> $@.tmp; \
+	  for s in $(call grid,$(S1_MODEL)); do \
+	    $(JDNA) prune $(S1_MODEL) -s $$s --method $(METHOD) --seed $$seed \
+	      | $(JDNA) finetune --task $(S1_TASK) --mode sparse $$train --seed $$seed $(S1_FLAGS) >> $@.tmp; \
 	  done; done; done
 	mv $@.tmp $@
+$(R)/setting1/difficulty.json: $(R)/setting1/records.jsonl
+	$(JDNA) difficulty $< $(S1_AXIS) -o $@ 2> >(tee $(R)/setting1/table.txt >&2) >/dev/null
+$(R)/setting1/figure.png: $(R)/setting1/records.jsonl
+	$(JDNA) plot $< $(S1_AXIS) -o $@ >/dev/null
 
 $(R)/setting2/records.jsonl: | install data
 	@mkdir -p $(@D); : > $@.tmp
-	for o in $(S2_OPTIONS); do \
-	  $(JDNA) eval $(S2_MODEL) --task $(S2_TASK) --options $$o --limit $(LIMIT) >> $@.tmp; \
-	  for s in $(SPARSITIES); do \
-	    $(JDNA) prune $(S2_MODEL) -s $$s --method $(METHOD) | $(JDNA) eval --task $(S2_TASK) --options $$o --limit $(LIMIT) >> $@.tmp; \
-	  done; done
+	for seed in $(SEEDS); do for o in $(S2_OPTIONS); do \
+	  $(JDNA) eval $(S2_MODEL) --task $(S2_TASK) --options $$o $(call eval_limit,$(S2_MODEL)) --seed $$seed >> $@.tmp; \
+	  for s in $(call grid,$(S2_MODEL)); do \
+	    $(JDNA) prune $(S2_MODEL) -s $$s --method $(METHOD) --seed $$seed \
+	      | $(JDNA) eval --task $(S2_TASK) --options $$o $(call eval_limit,$(S2_MODEL)) --seed $$seed >> $@.tmp; \
+	  done; done; done
 	mv $@.tmp $@
 
 $(R)/setting3/records.jsonl: | install data
 	@mkdir -p $(@D); : > $@.tmp
-	for c in $(S3_CONTEXT); do \
-	  $(JDNA) eval $(S3_MODEL) --task $(S3_TASK) --context-tokens $$c --limit $(LIMIT) $(S3_FLAGS) >> $@.tmp; \
-	  for s in $(SPARSITIES); do \
-	    $(JDNA) prune $(S3_MODEL) -s $$s --method $(METHOD) \
-	      | $(JDNA) eval --task $(S3_TASK) --context-tokens $$c --limit $(LIMIT) $(S3_FLAGS) >> $@.tmp; \
-	  done; done
+	for seed in $(SEEDS); do for f in $(S3_FRACTIONS); do \
+	  $(JDNA) eval $(S3_MODEL) --task $(S3_TASK) --context-fraction $$f $(call eval_limit,$(S3_MODEL)) --seed $$seed $(S3_FLAGS) >> $@.tmp; \
+	  for s in $(call grid,$(S3_MODEL)); do \
+	    $(JDNA) prune $(S3_MODEL) -s $$s --method $(METHOD) --seed $$seed \
+	      | $(JDNA) eval --task $(S3_TASK) --context-fraction $$f $(call eval_limit,$(S3_MODEL)) --seed $$seed $(S3_FLAGS) >> $@.tmp; \
+	  done; done; done
 	mv $@.tmp $@
+
+# The context axis is the share of the evidence document (jdna difficulty has no built-in name for it yet).
+S3_AXIS ?= --axis context_fraction:harder=lower
+$(R)/setting3/difficulty.json: $(R)/setting3/records.jsonl
+	$(JDNA) difficulty $< $(S3_AXIS) -o $@ 2> >(tee $(R)/setting3/table.txt >&2) >/dev/null
+$(R)/setting3/figure.png: $(R)/setting3/records.jsonl
+	$(JDNA) plot $< $(S3_AXIS) -o $@ >/dev/null
 
 $(R)/setting4/records.jsonl: | install
 	@mkdir -p $(@D); : > $@.tmp
-	for k in $(S4_SHOTS); do \
-	  $(JDNA) eval $(S4_MODEL) --task $(S4_TASK) --shots $$k --limit $(LIMIT) >> $@.tmp; \
-	  for s in $(SPARSITIES); do \
-	    $(JDNA) prune $(S4_MODEL) -s $$s --method $(METHOD) | $(JDNA) eval --task $(S4_TASK) --shots $$k --limit $(LIMIT) >> $@.tmp; \
-	  done; done
+	for seed in $(SEEDS); do for k in $(S4_SHOTS); do \
+	  $(JDNA) eval $(S4_MODEL) --task $(S4_TASK) --shots $$k $(call eval_limit,$(S4_MODEL)) --seed $$seed >> $@.tmp; \
+	  for s in $(call grid,$(S4_MODEL)); do \
+	    $(JDNA) prune $(S4_MODEL) -s $$s --method $(METHOD) --seed $$seed \
+	      | $(JDNA) eval --task $(S4_TASK) --shots $$k $(call eval_limit,$(S4_MODEL)) --seed $$seed >> $@.tmp; \
+	  done; done; done
 	mv $@.tmp $@
 
 $(R)/setting5/records.jsonl: | install $(if $(filter finetune,$(S5_KIND)),,data)
 	@mkdir -p $(@D); : > $@.tmp
 ifeq ($(S5_KIND),finetune)
-	for t in $(S5_TASKS); do \
-	  $(JDNA) finetune $(S5_MODEL) --task $$t --mode dense $(S5_FLAGS) >> $@.tmp; \
-	  for s in $(SPARSITIES); do \
-	    $(JDNA) prune $(S5_MODEL) -s $$s --method $(METHOD) | $(JDNA) finetune --task $$t --mode sparse $(S5_FLAGS) >> $@.tmp; \
-	  done; done
+	for seed in $(SEEDS); do for t in $(S5_TASKS); do \
+	  $(JDNA) finetune $(S5_MODEL) --task $$t --mode dense --seed $$seed $(S5_FLAGS) >> $@.tmp; \
+	  for s in $(call grid,$(S5_MODEL)); do for mode in $(filter-out dense,$(S5_MODES)); do \
+	    $(JDNA) prune $(S5_MODEL) -s $$s --method $(METHOD) --seed $$seed \
+	      | $(JDNA) finetune --task $$t --mode $$mode --seed $$seed $(S5_FLAGS) >> $@.tmp; \
+	  done; done; done; done
 else ifeq ($(S5_KIND),eval)
-	for t in $(S5_TASKS); do \
-	  $(JDNA) eval $(S5_MODEL) --task $$t --limit $(LIMIT) >> $@.tmp; \
-	  for s in $(SPARSITIES); do \
-	    $(JDNA) prune $(S5_MODEL) -s $$s --method $(METHOD) | $(JDNA) eval --task $$t --limit $(LIMIT) >> $@.tmp; \
-	  done; done
+	for seed in $(SEEDS); do for t in $(S5_TASKS); do \
+	  $(JDNA) eval $(S5_MODEL) --task $$t $(call eval_limit,$(S5_MODEL)) --seed $$seed >> $@.tmp; \
+	  for s in $(call grid,$(S5_MODEL)); do \
+	    $(JDNA) prune $(S5_MODEL) -s $$s --method $(METHOD) --seed $$seed \
+	      | $(JDNA) eval --task $$t $(call eval_limit,$(S5_MODEL)) --seed $$seed >> $@.tmp; \
+	  done; done; done
 else
 	@echo "S5_KIND=$(S5_KIND): use S5_KIND=eval (BIG-bench, offline) or S5_KIND=finetune (GLUE, hub)" >&2; exit 2
 endif
@@ -179,11 +233,12 @@ endif
 
 $(R)/setting6/records.jsonl: | install data
 	@mkdir -p $(@D); : > $@.tmp
-	for t in $(S6_TASKS); do \
-	  $(JDNA) eval $(S6_MODEL) --task $$t --limit $(LIMIT) >> $@.tmp; \
-	  for s in $(SPARSITIES); do \
-	    $(JDNA) prune $(S6_MODEL) -s $$s --method $(METHOD) | $(JDNA) eval --task $$t --limit $(LIMIT) >> $@.tmp; \
-	  done; done
+	for seed in $(SEEDS); do for t in $(patsubst trivia_qa,trivia_qa_nocontext,$(S6_TASKS)); do \
+	  $(JDNA) eval $(S6_MODEL) --task $$t $(call eval_limit,$(S6_MODEL)) --seed $$seed >> $@.tmp; \
+	  for s in $(call grid,$(S6_MODEL)); do \
+	    $(JDNA) prune $(S6_MODEL) -s $$s --method $(METHOD) --seed $$seed \
+	      | $(JDNA) eval --task $$t $(call eval_limit,$(S6_MODEL)) --seed $$seed >> $@.tmp; \
+	  done; done; done
 	mv $@.tmp $@
 
 $(R)/quantization/records.jsonl: | install data
@@ -210,22 +265,22 @@ $(R)/methods/records.jsonl: $(CALIB) | install data
 
 $(R)/transfer/records.jsonl: | install data
 	@mkdir -p $(@D); : > $@.tmp
-	for n in $(T_TRAIN); do \
-	  $(JDNA) finetune $(T_MODEL) --task $(T_TASK) --mode dense --train-examples $$n $(S1_FLAGS) >> $@.tmp; \
-	  for s in $(SPARSITIES); do for mode in $(filter-out dense,$(T_MODES)); do \
-	    $(JDNA) prune $(T_MODEL) -s $$s --method $(METHOD) \
-	      | $(JDNA) finetune --task $(T_TASK) --mode $$mode --train-examples $$n $(S1_FLAGS) >> $@.tmp; \
-	  done; done; done
+	for seed in $(SEEDS); do for n in $(T_TRAIN); do $(TRAIN_ARG); \
+	  $(JDNA) finetune $(T_MODEL) --task $(T_TASK) --mode dense $$train --seed $$seed $(T_FLAGS) >> $@.tmp; \
+	  for s in $(call grid,$(T_MODEL)); do for mode in $(filter-out dense,$(T_MODES)); do \
+	    $(JDNA) prune $(T_MODEL) -s $$s --method $(METHOD) --seed $$seed \
+	      | $(JDNA) finetune --task $(T_TASK) --mode $$mode $$train --seed $$seed $(T_FLAGS) >> $@.tmp; \
+	  done; done; done; done
 	mv $@.tmp $@
 
 $(R)/lmc/records.jsonl: | install data
 	@mkdir -p $(@D); : > $@.tmp
-	for t in $(LMC_TASKS); do \
-	  dense=$$($(JDNA) finetune $(T_MODEL) --task $$t --mode dense --train-examples $(LMC_TRAIN) $(S1_FLAGS) | $(BIN)/python -c 'import json,sys; print(json.loads(sys.stdin.read())["path"])'); \
-	  sparse=$$($(JDNA) prune $(T_MODEL) -s $(LMC_SPARSITY) --method $(METHOD) \
-	    | $(JDNA) finetune --task $$t --mode sparse --train-examples $(LMC_TRAIN) $(S1_FLAGS) | $(BIN)/python -c 'import json,sys; print(json.loads(sys.stdin.read())["path"])'); \
-	  $(JDNA) lmc $$dense $$sparse --task $$t --points 11 --limit 500 >> $@.tmp; \
-	done
+	for seed in $(SEEDS); do for t in $(LMC_TASKS); do \
+	  dense=$$($(JDNA) finetune $(T_MODEL) --task $$t --mode dense $(call train_flag,$(LMC_TRAIN)) --seed $$seed $(T_FLAGS) | $(BIN)/python -c 'import json,sys; print(json.loads(sys.stdin.read())["path"])'); \
+	  sparse=$$($(JDNA) prune $(T_MODEL) -s $(LMC_SPARSITY) --method $(METHOD) --seed $$seed \
+	    | $(JDNA) finetune --task $$t --mode sparse $(call train_flag,$(LMC_TRAIN)) --seed $$seed $(T_FLAGS) | $(BIN)/python -c 'import json,sys; print(json.loads(sys.stdin.read())["path"])'); \
+	  $(JDNA) lmc $$dense $$sparse --task $$t --points 11$(if $(call paper,$(T_MODEL)),, --limit 500) --seed $$seed >> $@.tmp; \
+	done; done
 	mv $@.tmp $@
 $(R)/lmc/difficulty.json: $(R)/lmc/records.jsonl
 	@echo '{"kind": "note", "text": "LMC records are plotted, not ranked by difficulty"}' > $@

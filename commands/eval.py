@@ -87,6 +87,12 @@ def eval_command(
             help="Generation with a context document: a window of N model tokens holding the answer; 0 = closed book."
         ),
     ] = None,
+    context_fraction: Annotated[
+        float | None,
+        typer.Option(
+            help="Generation with a context document: a window of F (0 < F <= 1) of its tokens holding the answer."
+        ),
+    ] = None,
     train_fraction: Annotated[
         float | None, typer.Option(help="Classification: fraction of the training pool used to fine-tune.")
     ] = None,
@@ -152,6 +158,7 @@ def eval_command(
             shots=shots if shots is not None else default_shots(spec),
             options=options,
             context_tokens=context_tokens,
+            context_fraction=context_fraction,
             train_fraction=train_fraction,
             train_examples=train_examples,
             limit=parse_limit(limit),

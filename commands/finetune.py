@@ -27,8 +27,9 @@ def finetune(
     task: Annotated[
         str | None,
         typer.Option(
-            help="Classification task (e.g. bigbench:vitaminc_fact_verification, sst2), or, for a causal LM, a "
-            "multiple-choice or QA task (e.g. bigbench:general_knowledge, mmlu, bigbench:qa_wikidata); or file:PATH."
+            help="Classification task (e.g. bigbench:vitaminc_fact_verification, sst2), a multiple-choice task "
+            "(an encoder gets a multiple-choice head, e.g. commonsense_qa), or, for a causal LM, a multiple-choice "
+            "or QA task (e.g. bigbench:general_knowledge, mmlu, bigbench:qa_wikidata); or file:PATH."
         ),
     ] = None,
     mode: Annotated[
@@ -82,7 +83,8 @@ def finetune(
 ) -> None:
     """Fine-tune a (pruned) model on a task; check the mode's invariant; evaluate the validation items.
 
-    Classification tasks train a sequence-classification head. Multiple-choice and QA tasks train a causal
+    Classification tasks train a sequence-classification head; multiple-choice tasks on an encoder a
+    multiple-choice head (a score per question-option pair). Multiple-choice and QA tasks train a causal
     LM on the answer tokens: the prompt `jdna eval` scores plus the gold answer, with the loss on the answer
     only; validation uses `jdna eval`'s evaluator (log-likelihood accuracy, EM/F1) on the items
     `jdna eval --limit N` picks. Training items come from the task's train pool, which never overlaps the

@@ -2,9 +2,12 @@
 
 Both endpoints must share an architecture (same canonical parameter names and shapes, same task head).
 Masks need no special handling: a sparse model's pruned weights are real zeros and interpolate like any
-other value. The barrier is the largest gap between the straight line joining the endpoint values and the
-curve: for the loss, max_α L(α) − [(1−α)L(0) + αL(1)]; for a higher-is-better metric, max_α
-[(1−α)m(0) + αm(1)] − m(α). A barrier near zero means the endpoints are linearly connected.
+other value. The barrier is Frankle et al.'s (2020, §2, "error barrier height"), the metric the paper's
+Fig. 10 uses: the supremum over α of the loss (or of the error, 1 − metric, for a higher-is-better metric
+bounded by 1; the metric itself when lower is better) minus the mean of the two endpoints' values:
+sup_α L(α) − ½[L(0) + L(1)]. It is never negative, as the endpoints are on the path. A barrier near zero
+means the endpoints are linearly connected. The largest gap between the curve and the straight chord
+joining the endpoints, max_α L(α) − [(1−α)L(0) + αL(1)], is reported too, as `chord_barrier_*`.
 """
 
 from __future__ import annotations
@@ -26,13 +29,24 @@ from jdna.models import ModelRef, canonical_parameters, default_device, head_of,
 from jdna.paths import runs_dir
 from jdna.progress import Reporter
 
-LMC_PROTOCOL_VERSION = 1
+LMC_PROTOCOL_VERSION = 2  # 2: barrier_* is Frankle's (sup minus the endpoints' mean); 1 was the chord gap
 
 
 def alpha_grid(points: int) -> list[float]:
     if points < 2:
         raise JdnaError(f"--points {points} is below 2: use at least 2 (the endpoints), e.g. 11")
     return [round(i / (points - 1), 10) for i in range(points)]
+
+
+def frankle_barrier(values: Sequence[float], higher_is_better: bool) -> float:
+    """Frankle et al.'s barrier: sup over the path of the error minus the mean of the endpoints' errors.
+
+    The error is the value itself for a loss or a lower-is-better metric, and 1 − value for a
+    higher-is-better metric (accuracy); both reduce to "worst point along the path minus the endpoints'
+    mean", measured in the direction that is worse.
+    """
+    errors = [1.0 - v for v in values] if higher_is_better else list(values)
+    return max(errors) - (errors[0] + errors[-1]) / 2
 
 
 def barrier(values: Sequence[float], alphas: Sequence[float], higher_is_better: bool) -> float:
@@ -135,6 +149,29 @@ def _multiple_choice_scorer(task_spec: str, tokenizer: Any, limit: int | None, s
     return Scorer("acc", True, len(golds), score)
 
 
+def _mc_head_scorer(task_spec: str, tokenizer: Any, limit: int | None, seed: int, max_length: int,
+                    device: torch.device) -> Scorer:
+    """An encoder's multiple-choice head: cross-entropy over each item's options, and accuracy."""
+    from jdna.evaluation import EvalConfig, prepare
+    from jdna.finetune.multiple_choice import encode_items, option_logits
+
+    items = prepare(EvalConfig(task=task_spec, limit=limit, seed=seed)).items
+    data = encode_items(items, tokenizer, max_length)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    @torch.no_grad()
+    def score(model: nn.Module) -> tuple[float, float]:
+        total_loss, correct = 0.0, 0.0
+        for start in range(0, len(data), 16):
+            batch = {k: v.to(device) for k, v in data.collate(range(start, min(start + 16, len(data))), pad).items()}
+            logits = option_logits(model, batch)
+            total_loss += float(nn.functional.cross_entropy(logits, batch["labels"], reduction="sum"))
+            correct += float((logits.argmax(-1) == batch["labels"]).sum())
+        return total_loss / len(data), correct / len(data)
+
+    return Scorer("acc", True, len(items), score)
+
+
 def _perplexity_scorer(task_spec: str, tokenizer: Any, limit: int | None, seed: int) -> Scorer:
     from jdna.evaluation import EvalConfig, prepare
     from jdna.scoring import rolling_loglikelihood
@@ -167,6 +204,8 @@ def make_scorer(task_spec: str, ref: ModelRef, tokenizer: Any, limit: int | None
     head = head_of(ref)
     if head and head.get("type") == "sequence_classification":
         return _classification_scorer(task_spec, tokenizer, limit, device)
+    if head and head.get("type") == "multiple_choice":
+        return _mc_head_scorer(task_spec, tokenizer, limit, seed, int(head["max_length"]), device)
     if ref.base.family != "causal_lm":
         raise JdnaError(
             f"'{ref.display_name}' has no classification head: LMC on an encoder needs fine-tuned models "
@@ -247,8 +286,12 @@ def run_lmc(
         "metric": metrics,
         "metric_name": scorer.metric_name,
         "higher_is_better": scorer.higher_is_better,
-        "barrier_loss": round(barrier(losses, alphas, higher_is_better=False), 6),
-        "barrier_metric": round(barrier(metrics, alphas, higher_is_better=scorer.higher_is_better), 6),
+        "barrier_loss": round(frankle_barrier(losses, higher_is_better=False), 6),
+        "barrier_metric": round(frankle_barrier(metrics, higher_is_better=scorer.higher_is_better), 6),
+        "barrier_definition": "frankle2020: sup_alpha error(alpha) - (error(0) + error(1)) / 2; error = loss, "
+        "or 1 - metric when higher is better",
+        "chord_barrier_loss": round(barrier(losses, alphas, higher_is_better=False), 6),
+        "chord_barrier_metric": round(barrier(metrics, alphas, higher_is_better=scorer.higher_is_better), 6),
         "n": scorer.n,
         "timing": {"seconds": round(time.perf_counter() - started, 3)},
         "versions": versions(),

@@ -311,6 +311,7 @@ def load_model(
     from transformers import (
         AutoModel,
         AutoModelForCausalLM,
+        AutoModelForMultipleChoice,
         AutoModelForSequenceClassification,
         AutoTokenizer,
     )
@@ -325,6 +326,8 @@ def load_model(
         if head.get("problem_type"):
             kwargs["problem_type"] = head["problem_type"]
         model_class: Any = AutoModelForSequenceClassification
+    elif head and head.get("type") == "multiple_choice":
+        model_class = AutoModelForMultipleChoice  # (question, option) pair scorer: jdna.finetune.multiple_choice
     elif ref.base.family == "causal_lm":
         model_class = AutoModelForCausalLM
     else:

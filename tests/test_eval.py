@@ -24,8 +24,10 @@ RECORD_FIELDS = {
     "kind", "path", "id", "cached", "task", "task_kind", "knobs", "primary_metric", "metrics",
     "higher_is_better", "n", "model", "transfer", "timing", "versions",
 }  # fmt: skip
-KNOB_FIELDS = {"shots", "options", "context_tokens", "train_fraction", "train_examples", "limit", "limit_mode", "split",
-              "seed"}
+KNOB_FIELDS = {
+    "shots", "options", "context_tokens", "context_fraction", "train_fraction", "train_examples", "limit",
+    "limit_mode", "split", "seed",
+}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -308,6 +310,7 @@ def test_bad_input_exits_2_with_one_line(
 
 def test_kind_needs_a_matching_model(tiny_bert: Path, mc_task: Path) -> None:
     result = run("eval", str(tiny_bert), "--task", f"file:{mc_task}")
-    assert result.code == 2 and "causal language model" in result.stderr and result.stdout == ""
+    assert result.code == 2 and "multiple-choice head" in result.stderr and "causal LM" in result.stderr
+    assert result.stdout == ""
     missing = run("eval", "./missing-model", "--task", f"file:{mc_task}")
     assert missing.code == 2 and "not found" in missing.stderr

@@ -43,14 +43,6 @@ def task_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def mc_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("mc") / "mc.jsonl"
-    rows = [{"question": f"q {i}?", "choices": ["a", "b"], "gold": i % 2} for i in range(10)]
-    path.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
-    return path
-
-
 @pytest.mark.parametrize("which", ["tiny_bert", "tiny_llama"])
 def test_mode_invariants(which: str, request: pytest.FixtureRequest, task_file: Path) -> None:
     model_dir = request.getfixturevalue(which)
@@ -219,10 +211,13 @@ def test_bad_input_exits_2(tiny_bert: Path, task_file: Path, args: list[str], ne
     assert result.stdout == ""
 
 
-def test_non_classification_task_exits_2(tiny_bert: Path, mc_file: Path) -> None:
-    result = run("finetune", str(tiny_bert), "--task", f"file:{mc_file}", "--mode", "dense")
+def test_non_classification_task_exits_2(tiny_bert: Path, tmp_path: Path) -> None:
+    # Multiple choice trains a multiple-choice head on an encoder (tests/test_finetune_mc.py); QA cannot.
+    qa_file = tmp_path / "qa.jsonl"
+    qa_file.write_text("\n".join(json.dumps({"question": f"q {i}?", "answers": ["a"]}) for i in range(10)) + "\n")
+    result = run("finetune", str(tiny_bert), "--task", f"file:{qa_file}", "--mode", "dense")
     assert result.code == 2
-    assert "multiple_choice task" in result.stderr and "encoder with no LM head" in result.stderr
+    assert "generation task" in result.stderr and "encoder with no LM head" in result.stderr
     assert "classification task" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     missing = run("finetune", str(tiny_bert), "--mode", "dense")

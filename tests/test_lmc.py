@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from jdna.lmc import alpha_grid, barrier, make_scorer
+from jdna.lmc import alpha_grid, barrier, frankle_barrier, make_scorer
 from jdna.models import default_device, load_model, resolve
 from tests.cli import run
 from tests.conftest import build_tiny_bert
@@ -34,6 +34,18 @@ def test_barrier_hand_computed() -> None:
     assert alpha_grid(5) == [0.0, 0.25, 0.5, 0.75, 1.0]
 
 
+def test_frankle_barrier_hand_computed() -> None:
+    # Loss 1.0 -> 2.5 -> 3.0: the chord gap is 0.5 (2.5 against 2.0), Frankle's is 3.0 - 2.0 = 1.0, since the
+    # sup over the path includes the worse endpoint.
+    assert frankle_barrier([1.0, 2.5, 3.0], higher_is_better=False) == pytest.approx(1.0)
+    assert barrier([1.0, 2.5, 3.0], [0.0, 0.5, 1.0], higher_is_better=False) == pytest.approx(0.5)
+    # Accuracy 0.9 -> 0.4 -> 0.7: error 0.1, 0.6, 0.3; sup 0.6 minus mean 0.2 = 0.4.
+    assert frankle_barrier([0.9, 0.4, 0.7], higher_is_better=True) == pytest.approx(0.4)
+    # A flat path has no barrier; a monotone one has half the endpoints' difference.
+    assert frankle_barrier([0.5, 0.5, 0.5, 0.5], higher_is_better=True) == pytest.approx(0.0)
+    assert frankle_barrier([0.8, 0.7, 0.6], higher_is_better=True) == pytest.approx(0.1)
+
+
 def test_endpoints_reproduce_models_and_self_has_no_barrier(tiny_llama: Path, mc_task: Path) -> None:
     pruned = run("prune", str(tiny_llama), "-s", "0.5").record
     result = run("lmc", str(tiny_llama), pruned["path"], "--task", f"file:{mc_task}", "--points", "3")
@@ -47,6 +59,13 @@ def test_endpoints_reproduce_models_and_self_has_no_barrier(tiny_llama: Path, mc
         loss, metric = scorer.score(model)
         assert record["loss"][index] == pytest.approx(loss, abs=1e-6)
         assert record["metric"][index] == pytest.approx(metric, abs=1e-6)
+    # Frankle's barrier from the record's own curve, by hand: worst point minus the endpoints' mean.
+    losses, accuracies = record["loss"], record["metric"]
+    assert record["barrier_loss"] == pytest.approx(max(losses) - (losses[0] + losses[-1]) / 2, abs=1e-6)
+    errors = [1 - a for a in accuracies]
+    assert record["barrier_metric"] == pytest.approx(max(errors) - (errors[0] + errors[-1]) / 2, abs=1e-6)
+    chord = max(loss - ((1 - a) * losses[0] + a * losses[-1]) for a, loss in zip(record["alphas"], losses))
+    assert record["chord_barrier_loss"] == pytest.approx(max(0.0, chord), abs=1e-6)
     same = run("lmc", str(tiny_llama), str(tiny_llama), "--task", f"file:{mc_task}", "--points", "4").record
     assert same["barrier_loss"] == pytest.approx(0.0, abs=1e-6)
     assert same["barrier_metric"] == pytest.approx(0.0, abs=1e-6)

@@ -72,7 +72,7 @@ def test_transfer_target_compares_the_modes_level_by_level(tiny_bert: Path, tmp_
     args, env, results = _make_command(
         tmp_path,
         f"T_MODEL={tiny_bert}", f"T_TASK=file:{task}", "T_TRAIN=8 16", "T_MODES=dense sparse freeze",
-        "SPARSITIES=0.5", "S1_FLAGS=--epochs 1 --batch-size 4 --max-length 16 --eval-limit 8",
+        "SPARSITIES=0.5", "T_FLAGS=--epochs 1 --batch-size 4 --max-length 16 --eval-limit 8",
         "{results}/transfer/difficulty.json", "{results}/transfer/figure.png",
     )
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
@@ -84,3 +84,33 @@ def test_transfer_target_compares_the_modes_level_by_level(tiny_bert: Path, tmp_
     table = (results / "transfer" / "table.txt").read_text()
     assert "sparse transfer" in table and "freeze transfer" in table and "train_examples 16" in table
     assert (results / "transfer" / "figure.png").stat().st_size > 10_000
+
+
+def _dry_run(tmp_path: Path, *settings: str) -> str:
+    args, env, _ = _make_command(tmp_path, "-n", *settings)
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
+def test_paper_scale_runs_the_papers_protocol(tmp_path: Path) -> None:
+    grid = "for s in 0.1 0.2 0.3 0.4 0.5 0.6 0.7 0.8 0.9; do"
+    setting1 = _dry_run(tmp_path, "S1_MODEL=roberta-base", "setting1")
+    assert "--lr 2e-5 --weight-decay 0 --warmup 0 --eval-limit 0 --batch-size 32 --max-length 128" in setting1
+    assert "--lr 2e-4" not in setting1 and "--eval-limit 500" not in setting1 and grid in setting1
+    assert "for n in 0.1 0.25 0.5 0.75 1.0" in setting1 and "--axis train_fraction" in setting1
+    transfer = _dry_run(tmp_path, "T_MODEL=roberta-base", "T_TASK=commonsense_qa", "transfer")
+    assert grid in transfer and "for mode in sparse freeze regrow" in transfer and "--mode dense" in transfer
+    assert "--lr 2e-5" in transfer and "--lr 2e-4" not in transfer
+    large = _dry_run(tmp_path, "S5_KIND=finetune", "S5_MODEL=roberta-large", "setting5")
+    assert "--batch-size 16 --max-length 512" in large and "--train-fraction" not in large
+    assert "for mode in sparse freeze regrow" in large
+    closed = _dry_run(tmp_path, "S6_MODEL=org/some-7b", "S6_TASKS=trivia_qa commonsense_qa", "setting6")
+    assert "for t in trivia_qa_nocontext commonsense_qa" in closed and "--limit" not in closed
+    # CPU scale keeps its defaults; PAPER=1 switches a demo model to paper scale; SEEDS loops everywhere.
+    cpu = _dry_run(tmp_path, "SEEDS=1 2", "setting3", "setting4", "lmc")
+    assert "--context-fraction $f" in cpu and "for f in 0.1 0.25 0.5 1.0" in cpu and "--context-tokens" not in cpu
+    assert cpu.count("for seed in 1 2; do") == 3 and "--limit 200" in cpu and grid not in cpu
+    assert grid in _dry_run(tmp_path, "PAPER=1", "setting4")
+    assert grid not in _dry_run(tmp_path, "PAPER=0", "S4_MODEL=org/some-7b", "setting4")

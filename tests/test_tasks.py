@@ -353,14 +353,78 @@ def test_eval_cli_on_bigbench_context_task(
         return json.loads(lines[0])
 
     task = load_task("bigbench:ctx_qa")
-    answerable = sum(item.answers != ["unknown"] for item in task.items) / len(task.items)
+    unanswerable = sum(item.answers == ["unknown"] for item in task.items)
     record = eval_record(3)
     assert record["task"] == "bigbench:ctx_qa" and record["knobs"]["context_tokens"] == 3
     assert record["primary_metric"] == "f1" and set(record["metrics"]) == {"f1", "exact_match"}
-    assert record["n"] == len(task.items) and record["answer_in_context"] == pytest.approx(answerable, abs=1e-6)
+    # The item without its answer in the passage is excluded before scoring, and the record says so.
+    assert record["n"] == len(task.items) - unanswerable and record["answer_in_context"] == 1.0
+    assert record["excluded"]["count"] == unanswerable and record["excluded"]["of"] == len(task.items)
     assert 0.0 <= record["metrics"]["exact_match"]["value"] <= record["metrics"]["f1"]["value"] <= 1.0
     closed = eval_record(0)
-    assert closed["answer_in_context"] == 0.0 and closed["id"] != record["id"]
+    assert closed["answer_in_context"] == 0.0 and closed["id"] != record["id"] and closed["n"] == record["n"]
+
+
+def test_context_fraction_window_holds_the_answer_and_that_share_of_the_document() -> None:
+    from jdna.tasks import fraction_tokens, locate_window, split_answerable
+
+    words = [f"w{i}" for i in range(40)]
+    words[29:32] = ["the", "golden", "gate"]
+    document = " ".join(words)
+    for fraction in (0.1, 0.25, 0.5, 0.75, 1.0):
+        expected = -(-int(fraction * 1000) * 40 // 1000)  # ceil(fraction * 40) in integers
+        window = locate_window(document, ["Golden Gate"], None, seed=3, fraction=fraction, widen_to_answer=True)
+        assert fraction_tokens(40, fraction) == expected == window.n_window_tokens
+        assert window.answer_in_window and "golden gate" in window.text and not window.widened
+        assert window.text == " ".join(words[window.start_token : window.start_token + expected])
+    # A 1-token window (2.5% of 40) cannot hold a 2-token answer: widened to the answer, and said so.
+    short = locate_window(document, ["golden gate"], None, fraction=0.025, widen_to_answer=True)
+    assert (short.text, short.widened, short.answer_in_window) == ("golden gate", True, True)
+    unwidened = locate_window(document, ["golden gate"], None, fraction=0.025)
+    assert not unwidened.answer_in_window and unwidened.n_window_tokens == 1
+    with pytest.raises(JdnaError, match="outside"):
+        fraction_tokens(40, 0.0)
+    with pytest.raises(JdnaError, match="not both"):
+        locate_window(document, ["gate"], 4, fraction=0.5)
+    answerable = Item(id="a", question="q", answers=["GATE"], context=document)
+    missing = Item(id="b", question="q", answers=["bridge"], context=document)
+    closed = Item(id="c", question="q", answers=["gate"], context=None)
+    assert split_answerable([missing, answerable, closed]) == ([answerable], [missing, closed])
+
+
+def test_eval_context_fraction_scores_the_same_answerable_items_at_every_level(
+    context_tasks: Path, tiny_llama: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from jdna.commands.app import main
+
+    def run(*knob: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        samples = tmp_path / f"samples{'-'.join(knob)}.jsonl"
+        args = ["eval", str(tiny_llama), "--task", "bigbench:ctx_qa", *knob, "--max-new-tokens", "2"]
+        assert main([*args, "--log-samples", str(samples)]) == 0
+        out = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+        return json.loads(out[0]), [json.loads(line) for line in samples.read_text().splitlines()]
+
+    task = load_task("bigbench:ctx_qa")
+    answerable = [item.id for item in task.items if item.answers != ["unknown"]]
+    ids = None
+    for fraction in ("0.25", "1.0"):
+        record, samples = run("--context-fraction", fraction)
+        assert record["knobs"]["context_fraction"] == float(fraction) and record["knobs"]["context_tokens"] is None
+        assert record["excluded"]["count"] == len(task.items) - len(answerable)
+        assert "evidence document" in record["excluded"]["reason"]
+        assert all(sample["answer_in_context"] is True for sample in samples)
+        assert sorted(sample["id"] for sample in samples) == sorted(answerable)
+        ids = ids or record["id"]
+    assert record["id"] != ids
+    # Fewer items than exist: the limit samples among the answerable ones only.
+    record, samples = run("--context-fraction", "0.5", "--limit", "3")
+    assert record["n"] == 3 and {s["id"] for s in samples} <= set(answerable)
+    for bad, message in ((["--context-fraction", "0"], "outside"), (["--context-fraction", "1.5"], "outside")):
+        assert main(["eval", str(tiny_llama), "--task", "bigbench:ctx_qa", *bad]) == 2
+        assert message in capsys.readouterr().err
+    both = ["--context-fraction", "0.5", "--context-tokens", "3"]
+    assert main(["eval", str(tiny_llama), "--task", "bigbench:ctx_qa", *both]) == 2
+    assert "not both" in capsys.readouterr().err
 
 
 def test_bigbench_context_label_in_input_prefix_keeps_bigbench_prompt(context_tasks: Path) -> None:
@@ -631,6 +695,23 @@ def test_hub_load_with_fake_datasets(monkeypatch: pytest.MonkeyPatch) -> None:
     assert task.kind == "classification" and task.labels == ["entailment", "neutral", "contradiction"]
     assert len(task.items) == 3 and len(task.train_items) == 6
     assert task.items[0].id == "mnli/validation_matched/0"
+
+
+def test_trivia_qa_nocontext_is_closed_book(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked = []
+
+    def fake_split(path: str, config: str | None, split: str) -> list[dict[str, Any]]:
+        asked.append((path, config, split))
+        return [{"question_id": f"{split}{i}", "question": "Who?", "answer": {"value": "Ada", "aliases": []},
+                 "entity_pages": {"wiki_context": []}, "search_results": {"search_context": []}} for i in range(3)]
+
+    monkeypatch.setattr(hub_module, "load_split", fake_split)
+    task = load_task("trivia_qa_nocontext")
+    assert asked == [("mandarjoshi/trivia_qa", "rc.nocontext", "validation"),
+                     ("mandarjoshi/trivia_qa", "rc.nocontext", "train")]
+    assert task.kind == "generation" and task.knobs == ["shots"]
+    assert all(item.context is None for item in task.items + task.train_items)
+    assert [item.id for item in task.items] == [f"trivia_qa/validation{i}" for i in range(3)]
 
 
 def test_hub_offline_fails_fast_in_one_line() -> None:

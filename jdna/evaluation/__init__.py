@@ -42,7 +42,7 @@ from jdna.io import write_json_atomic, write_text_atomic
 from jdna.models import ModelRef, default_device
 from jdna.paths import expand, runs_dir
 from jdna.progress import Reporter
-from jdna.tasks import Item, Task, load_task, parse_spec, restrict_options
+from jdna.tasks import Item, Task, load_task, parse_spec, restrict_options, split_answerable
 from jdna.tasks.base import current_inputs, hash_rank
 
 __all__ = [
@@ -74,6 +74,13 @@ def validate(config: EvalConfig) -> None:
         raise JdnaError(f"--options {config.options} leaves nothing to choose between: use at least 2")
     if config.context_tokens is not None and config.context_tokens < 0:
         raise JdnaError(f"--context-tokens {config.context_tokens} is negative: use 0 (closed book) or more")
+    if config.context_fraction is not None and not 0.0 < config.context_fraction <= 1.0:
+        raise JdnaError(
+            f"--context-fraction {config.context_fraction} is outside (0, 1]: use e.g. 0.25 "
+            "(closed book is --context-tokens 0)"
+        )
+    if config.context_tokens is not None and config.context_fraction is not None:
+        raise JdnaError("give --context-tokens or --context-fraction, not both")
     if config.train_fraction is not None and not 0.0 < config.train_fraction <= 1.0:
         raise JdnaError(f"--train-fraction {config.train_fraction} is outside (0, 1]: use e.g. 0.1")
     if config.train_examples is not None and config.train_examples < 1:
@@ -146,6 +153,7 @@ def _check_knobs(task: Task, config: EvalConfig) -> None:
         "shots": config.shots or None,
         "options": config.options,
         "context_tokens": config.context_tokens,
+        "context_fraction": config.context_fraction,
         "train_fraction": config.train_fraction,
         "train_examples": config.train_examples,
     }
@@ -156,9 +164,15 @@ def _check_knobs(task: Task, config: EvalConfig) -> None:
                 f"{KNOB_FLAGS[knob]} does not apply to {config.task}, a {task.kind} task (it takes {takes}): "
                 f"drop {KNOB_FLAGS[knob]}"
             )
-    if config.context_tokens is not None and not any(item.context for item in task.items + task.train_items):
-        raise JdnaError(f"--context-tokens needs context documents, but {config.task} has none: drop it")
+    if config.context_knob and not any(item.context for item in task.items + task.train_items):
+        flag = "--context-tokens" if config.context_tokens is not None else "--context-fraction"
+        raise JdnaError(f"{flag} needs context documents, but {config.task} has none: drop it")
 
+
+NO_ANSWER_IN_DOCUMENT = (
+    "no answer alias occurs in the item's evidence document, so no context window could hold it "
+    "(excluded at every level of the context knob)"
+)
 
 _LAST_PREPARED: list[tuple[EvalConfig, Prepared]] = []
 _PREPARED_KEPT = 8
@@ -193,22 +207,34 @@ def _prepare(config: EvalConfig) -> Prepared:
     pool = task.items if config.split == "test" else task.train_items
     if not pool:
         raise JdnaError(f"task {config.task} has no items in its {config.split} split: use --split test")
-    items = limited(list(pool), config.limit, config.limit_mode, config.seed)
+    items = list(pool)
+    excluded = None
+    if config.context_knob:
+        # Before --limit, so a limited run scores N answerable items, the same ones at every context level.
+        items, dropped = split_answerable(items)
+        excluded = {"count": len(dropped), "of": len(pool), "reason": NO_ANSWER_IN_DOCUMENT}
+        if not items:
+            raise JdnaError(f"no item of {config.task} has an answer in its evidence document: drop the context knob")
+    items = limited(items, config.limit, config.limit_mode, config.seed)
     if config.options is not None:
         items = restrict_options(items, config.options, config.seed)
     shots, shot_pool = draw_all_shots(task, items, config.shots, config.seed, [item.id for item in pool])
-    return Prepared(task=task, items=items, shots=shots, shot_pool=shot_pool)
+    return Prepared(task=task, items=items, shots=shots, shot_pool=shot_pool, excluded=excluded)
 
 
 def eval_params(ref: ModelRef, prepared: Prepared, config: EvalConfig) -> dict[str, Any]:
     """Everything that decides the result, hence the content address (batch size excluded)."""
     evaluator = EVALUATORS.get(prepared.task.kind)
+    knobs = config.knobs()
+    if knobs["context_fraction"] is None:
+        # Keeps the content address of records made before this knob existed.
+        del knobs["context_fraction"]
     return {
         "protocol": EVAL_PROTOCOL_VERSION,
         "task": config.task,
         "as_kind": config.as_kind,
         "kind": prepared.task.kind,
-        "knobs": config.knobs(),
+        "knobs": knobs,
         "shot_pool": prepared.shot_pool,
         "inputs": prepared.task.inputs,
         **evaluator.id_params(ref, prepared, config),
@@ -307,6 +333,7 @@ def run_eval(
         "metrics": outcome.metrics,
         "higher_is_better": evaluator.higher_is_better,
         "n": n,
+        "excluded": prepared.excluded,
         "model": _model_block(ref),
         "transfer": outcome.transfer,
         "protocol": {

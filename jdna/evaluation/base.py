@@ -37,7 +37,7 @@ BOOTSTRAP_RESAMPLES = 1000
 # The knobs (EvalConfig field names) each task kind takes; any other knob given is an error.
 KIND_KNOBS: dict[str, tuple[str, ...]] = {
     "multiple_choice": ("shots", "options"),
-    "generation": ("shots", "context_tokens"),
+    "generation": ("shots", "context_tokens", "context_fraction"),
     "classification": ("train_fraction", "train_examples"),
     "perplexity": (),
 }
@@ -46,6 +46,7 @@ KNOB_FLAGS = {
     "shots": "--shots",
     "options": "--options",
     "context_tokens": "--context-tokens",
+    "context_fraction": "--context-fraction",
     "train_fraction": "--train-fraction",
     "train_examples": "--train-examples",
 }
@@ -63,6 +64,7 @@ class EvalConfig:
     shots: int = 0
     options: int | None = None
     context_tokens: int | None = None
+    context_fraction: float | None = None
     train_fraction: float | None = None
     train_examples: int | None = None
     limit: int | float | None = None  # N items, or a fraction 0 < x < 1 of the pool (rounded up, as lm-eval)
@@ -75,12 +77,18 @@ class EvalConfig:
     as_kind: str | None = None
     log_samples: Path | None = None
 
+    @property
+    def context_knob(self) -> bool:
+        """Whether the evidence window is set (by tokens or by fraction): then unanswerable items are excluded."""
+        return self.context_tokens is not None or self.context_fraction is not None
+
     def knobs(self) -> dict[str, Any]:
         """The knob block of the result record (docs/records.md)."""
         return {
             "shots": self.shots,
             "options": self.options,
             "context_tokens": self.context_tokens,
+            "context_fraction": self.context_fraction,
             "train_fraction": self.train_fraction,
             "train_examples": self.train_examples,
             "limit": self.limit,
@@ -92,12 +100,17 @@ class EvalConfig:
 
 @dataclass
 class Prepared:
-    """The task after the model-independent knobs: the items to evaluate and each item's demonstrations."""
+    """The task after the model-independent knobs: the items to evaluate and each item's demonstrations.
+
+    `excluded` says how many items of the pool were left out before scoring and why (the context knob
+    drops items whose evidence document holds no answer); None when nothing was excluded by rule.
+    """
 
     task: Task
     items: list[Item]
     shots: dict[str, list[Item]]
     shot_pool: str | None  # "group" (same subject/subtask), "task", or None without shots
+    excluded: dict[str, Any] | None = None
 
 
 @dataclass

@@ -3,6 +3,10 @@
 `acc` takes the argmax of the summed log-likelihoods; `acc_norm` (lm-eval's) the argmax of the sum divided
 by the option's length in characters, not counting the answer delimiter that starts each continuation.
 Ties go to the first option, as numpy.argmax does in lm-eval.
+
+An encoder fine-tuned with a multiple-choice head (`jdna finetune` on a multiple-choice task, the paper's
+RoBERTa on CommonsenseQA) is scored by that head instead: each (question, option) pair gets a logit and the
+prediction is the argmax (`jdna.finetune.multiple_choice.score_items`); the metric is `acc` alone.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from jdna.errors import JdnaError
 from jdna.evaluation.base import (
     EVALUATORS,
     EvalConfig,
@@ -24,7 +29,7 @@ from jdna.evaluation.base import (
     needs_causal_lm,
 )
 from jdna.io import sha256_text
-from jdna.models import ModelRef
+from jdna.models import ModelRef, head_of
 from jdna.scoring import ChoiceRequest, ChoiceScores, loglikelihood_choices
 from jdna.tasks import format_mc_prompt
 
@@ -54,12 +59,29 @@ class MultipleChoice:
     higher_is_better = True
 
     def check(self, ref: ModelRef, prepared: Prepared, config: EvalConfig) -> None:
+        if _head(ref) is not None:
+            if config.shots:
+                raise JdnaError(
+                    f"'{ref.display_name}' scores options with its multiple-choice head, which takes no "
+                    "demonstrations: drop --shots"
+                )
+            return
+        if ref.base.family != "causal_lm":
+            raise JdnaError(
+                f"multiple-choice tasks score an encoder with a multiple-choice head, which '{ref.display_name}' "
+                f"does not carry: fine-tune it first (jdna finetune {ref.display_name} --task {config.task}), "
+                "or use a causal LM"
+            )
         needs_causal_lm(ref, "multiple-choice")
 
     def id_params(self, ref: ModelRef, prepared: Prepared, config: EvalConfig) -> dict[str, Any]:
-        return {}
+        head = _head(ref)
+        return {"scorer": "multiple_choice_head", "max_length": head["max_length"]} if head else {}
 
     def run(self, ctx: EvalContext) -> Outcome:
+        head = _head(ctx.ref)
+        if head is not None:
+            return run_head(ctx, int(head["max_length"]))
         prepared = ctx.prepared
         task, items = prepared.task, prepared.items
         delimiter = task.prompt_format.answer_delimiter
@@ -113,6 +135,49 @@ class MultipleChoice:
         return Outcome(
             metrics, per_item, samples, seconds, extra={"load_seconds": round(load_seconds, 3)}, item_values=values
         )
+
+
+def _head(ref: ModelRef) -> dict[str, Any] | None:
+    from jdna.finetune.multiple_choice import HEAD_TYPE
+
+    head = head_of(ref)
+    return head if head and head.get("type") == HEAD_TYPE else None
+
+
+def run_head(ctx: EvalContext, max_length: int) -> Outcome:
+    """Score the prepared items with an encoder's multiple-choice head: argmax of the option logits."""
+    from jdna.finetune.multiple_choice import score_items
+
+    items = ctx.prepared.items
+    model, tokenizer, load_seconds = load_lm(ctx)
+    ctx.reporter.log(f"scoring {len(items)} questions with the multiple-choice head")
+    started = time.perf_counter()
+    scores = score_items(model, tokenizer, items, max_length, ctx.device, batch_size=ctx.config.batch_size or 16)
+    seconds = time.perf_counter() - started
+    acc, samples = [], []
+    for item, logits in zip(items, scores, strict=True):
+        prediction = first_argmax(logits)
+        acc.append(float(prediction == item.gold))
+        samples.append(
+            {
+                "id": item.id,
+                "question": item.question[-200:],
+                "choices": list(item.choices or []),
+                "logits": [round(value, 6) for value in logits],
+                "prediction": prediction,
+                "gold": item.gold,
+                "correct": bool(prediction == item.gold),
+            }
+        )
+    metrics = {"acc": metric_entry(float(np.mean(acc)), interval(acc, ctx.config.seed))}
+    per_item = {
+        "ids": [item.id for item in items],
+        "values": acc,
+        "predictions": [s["prediction"] for s in samples],
+        "golds": [item.gold for item in items],
+    }
+    extra = {"load_seconds": round(load_seconds, 3), "scorer": "multiple_choice_head"}
+    return Outcome(metrics, per_item, samples, seconds, extra=extra)
 
 
 EVALUATORS.add("multiple_choice", MultipleChoice())

@@ -20,7 +20,10 @@ What is trained depends on the task (`load_finetune_task`):
 
 - classification tasks (and BIG-bench multiple-choice tasks whose every example offers the same options,
   loaded as classification) train a sequence-classification head, on an encoder or a causal LM;
-- multiple-choice and QA (generation) tasks train a causal LM's own head on the answer tokens
+- multiple-choice tasks on an encoder train a multiple-choice head (`jdna.finetune.multiple_choice`,
+  transformers' AutoModelForMultipleChoice: a score per (question, option) pair, softmax over the options),
+  validated by the scorer `jdna eval` uses for such artifacts;
+- multiple-choice and QA (generation) tasks on a causal LM train its own head on the answer tokens
   (`jdna.finetune.lm`): the prompt `jdna eval` scores plus the gold answer, loss on the answer only. The
   validation pass is `jdna eval`'s own evaluator (log-likelihood accuracy, EM/F1) on the items `jdna eval
   --task T --limit N --seed S` would score, with the model still in memory.
@@ -55,6 +58,7 @@ from jdna.artifact import (
     write_artifact,
 )
 from jdna.errors import JdnaError, unknown_name_error
+from jdna.finetune import multiple_choice as mc_head
 from jdna.finetune.checkpoint import checkpoint_dir, remove_checkpoint
 from jdna.finetune.data import Schedule, TrainData, encode_items, is_regression
 from jdna.finetune.distributed import (
@@ -70,7 +74,7 @@ from jdna.finetune.lm import training_pool_items as lm_training_items
 from jdna.finetune.loop import Interrupted, TrainSettings, loss_summary, stop_on_signals, train
 from jdna.finetune.masking import MaskEnforcer, chain_masks, dense_ref, mask_source, zero_statistics
 from jdna.io import sha256_text, write_json_atomic
-from jdna.models import ModelRef, canonical_parameters, default_device, load_model, resolve
+from jdna.models import ModelRef, canonical_parameters, default_device, head_of, load_model, resolve
 from jdna.paths import runs_dir
 from jdna.progress import Reporter
 from jdna.tasks import Item, Task, load_task, parse_spec, subsample_train
@@ -273,7 +277,8 @@ def operation_params(
     params["train_examples_used"] = n_train
     if objective != "classification":  # (classification ids stay as they were)
         params["objective"] = objective
-        params["lm_protocol"] = LM_PROTOCOL
+        if objective == OBJECTIVE:
+            params["lm_protocol"] = LM_PROTOCOL
     return params
 
 
@@ -451,6 +456,39 @@ def _validate_lm(
     )
 
 
+def _validate_mc_head(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prepared: Any,
+    eval_config: Any,
+    ref: ModelRef,
+    device: torch.device,
+    reporter: Reporter,
+    head: dict[str, Any],
+) -> Validation:
+    """The multiple-choice head's validation: the scorer `jdna eval` runs on the artifact, model in memory."""
+    from jdna.evaluation.base import EvalContext
+    from jdna.evaluation.multiple_choice import run_head
+
+    dtype = next(model.parameters()).dtype
+    ctx = EvalContext(
+        ref=ref, config=eval_config, prepared=prepared, reporter=reporter, device=device, dtype=dtype,
+        model=model, tokenizer=tokenizer,
+    )
+    outcome = run_head(ctx, int(head["max_length"]))
+    extra = {k: v for k, v in outcome.extra.items() if k != "load_seconds"}
+    extra.update(device=device.type, dtype=str(dtype).replace("torch.", ""))
+    return Validation(
+        task_kind=prepared.task.kind,
+        primary_metric="acc",
+        metrics=outcome.metrics,
+        per_item=outcome.per_item,
+        n=len(prepared.items),
+        seconds=outcome.seconds,
+        extra=extra,
+    )
+
+
 def run_finetune(
     ref: ModelRef,
     config: FinetuneConfig,
@@ -473,6 +511,8 @@ def _run_finetune(
     check_model(ref, config)
     task = load_finetune_task(config.task)
     objective = "classification" if task.kind == "classification" else OBJECTIVE
+    if task.kind == "multiple_choice" and ref.base.family != "causal_lm":
+        objective = mc_head.OBJECTIVE
     prepared = eval_config = None
     if objective == "classification":
         eval_items = evaluation_items(task, config.eval_limit)
@@ -480,7 +520,13 @@ def _run_finetune(
         from jdna.evaluation import prepare
         from jdna.evaluation.base import EvalConfig
 
-        check_lm_model(ref, config.task, task.kind)
+        if objective == OBJECTIVE:
+            check_lm_model(ref, config.task, task.kind)
+        elif head_of(ref) is not None:
+            raise JdnaError(
+                f"'{ref.display_name}' already carries a {head_of(ref)['type']} head: fine-tune the model it was "
+                "made from (the base or pruned artifact) instead"
+            )
         # The items (and prompts) `jdna eval --task T --limit N --seed S` scores: the validation pool.
         eval_config = EvalConfig(task=config.task, limit=config.eval_limit, seed=config.seed)
         prepared = prepare(eval_config)
@@ -503,10 +549,14 @@ def _run_finetune(
     started = time.perf_counter()
     device = dist.device if dist.enabled and dist.device is not None else default_device()
     head = head_for(task) if objective == "classification" else dict(LM_HEAD)
+    if objective == mc_head.OBJECTIVE:
+        head = mc_head.head_spec(config.max_length)
     seed_everything(config.seed)
     source = dense_ref(ref) if config.mode in ("dense", "freeze") else ref
     if objective == "classification":
         reporter.log(f"loading {source.display_name} with a {head['num_labels']}-output classification head")
+    elif objective == mc_head.OBJECTIVE:
+        reporter.log(f"loading {source.display_name} with a multiple-choice head (a score per question-option pair)")
     else:  # data errors (an answer longer than --max-length) surface before the model loads
         lm_data = encode_lm_items(train_items, task, load_tokenizer(ref), config.max_length, adds_bos(ref))
         reporter.log(f"loading {source.display_name} as a causal LM, trained on its {task.kind} answer tokens")
@@ -522,6 +572,8 @@ def _run_finetune(
     if objective == "classification":
         train_data: TrainData = encode_items(train_items, tokenizer, config.max_length, regression)
         eval_data = encode_items(eval_items, tokenizer, config.max_length, regression)
+    elif objective == mc_head.OBJECTIVE:
+        train_data = mc_head.encode_items(train_items, tokenizer, config.max_length)
     else:
         train_data = lm_data
     schedule = Schedule(len(train_data), config.batch_size, config.grad_accum, config.epochs, config.seed)
@@ -539,7 +591,7 @@ def _run_finetune(
             f"{dist.shard_size(config.batch_size)} examples of every {config.batch_size}-example micro-batch, "
             "gradients summed"
         )
-    if objective != "classification" and lm_data.truncated:
+    if objective == OBJECTIVE and lm_data.truncated:
         reporter.log(
             f"{lm_data.truncated} of {len(lm_data)} training prompts were cut from the left to fit --max-length "
             f"{config.max_length} (answers are never cut)"
@@ -584,6 +636,8 @@ def _run_finetune(
     if objective == "classification":
         evaluation = evaluate(model, task, eval_data, pad_id, device, seed=config.seed, reporter=reporter)
         validation = Validation.of_classification(task, eval_items, evaluation)
+    elif objective == mc_head.OBJECTIVE:
+        validation = _validate_mc_head(model, tokenizer, prepared, eval_config, source, device, reporter, head)
     else:
         validation = _validate_lm(model, tokenizer, prepared, eval_config, source, device, reporter)
     primary = validation.metrics.get(validation.primary_metric, {}).get("value")
@@ -602,7 +656,7 @@ def _run_finetune(
         "examples_per_second": round(outcome.examples_per_second, 2),
         "train_seconds": round(outcome.seconds, 3),
     }
-    if objective != "classification":
+    if objective == OBJECTIVE:
         answer_tokens = lm_data.units(range(len(lm_data)))
         stats.update(
             answer_tokens=answer_tokens,

@@ -37,6 +37,7 @@ from jdna.tasks.knobs import (
     ContextWindow,
     Token,
     Tokenize,
+    answer_occurs,
     apply_context_window,
     context_window,
     continuations,
@@ -46,9 +47,11 @@ from jdna.tasks.knobs import (
     format_prompt,
     format_question,
     format_shots,
+    fraction_tokens,
     locate_window,
     offsets_tokenizer,
     restrict_options,
+    split_answerable,
     subsample_train,
     whitespace_tokenize,
 )
@@ -61,7 +64,7 @@ __all__ = [
     "context_window", "continuations", "default_shots", "draw_shots", "format_answer", "format_mc_prompt",
     "format_prompt", "format_question", "format_shots", "list_tasks", "load_task", "locate_window",
     "offsets_tokenizer", "parse_spec", "restrict_options", "stable_hash", "stable_rng", "subsample_train",
-    "whitespace_tokenize",
+    "whitespace_tokenize", "answer_occurs", "fraction_tokens", "split_answerable",
 ]  # fmt: skip
 
 Loader = Callable[..., Task]

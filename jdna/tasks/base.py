@@ -36,7 +36,8 @@ DEFAULT_METRICS: dict[str, list[str]] = {
 }
 
 # Difficulty knobs (jdna.tasks.knobs): "options" = restrict_options, "shots" = draw_shots,
-# "context" = context_window, "train_size" = subsample_train.
+# "context" = locate_window (eval flags --context-tokens N or --context-fraction F), "train_size" =
+# subsample_train (--train-examples N or --train-fraction F). One name per knob; each flag sets one knob.
 KNOBS = ("options", "shots", "context", "train_size")
 
 # Used when a source has no separate training split and the caller gives no fraction.

@@ -150,6 +150,13 @@ _OTHERS = [
         ("shots", "context"),
         "TriviaQA rc: open-domain QA with an evidence document (context knob: open vs closed book)",
     ),
+    CatalogEntry(
+        "trivia_qa_nocontext",
+        "generation",
+        "hub",
+        ("shots",),
+        "TriviaQA closed book: the same questions with no evidence document (factoid QA, setting 6)",
+    ),
 ]
 
 CATALOG: tuple[CatalogEntry, ...] = tuple(

@@ -10,6 +10,8 @@
   result that does, else the first document) and the answer value plus its aliases as `answers`. The
   train pool comes from "rc.nocontext" (same questions without the multi-gigabyte documents), because
   demonstrations are shown closed book.
+- trivia_qa_nocontext: the same validation questions, closed book (the "rc.nocontext" config: no evidence
+  documents at all), for factoid QA without retrieval (the study's setting 6); same train pool.
 
 Hub access never hangs: when the hub's host cannot be reached within a few seconds (and no proxy is
 configured), datasets is switched to offline mode for the call, so a cached copy still loads and a
@@ -108,7 +110,7 @@ GLUE: dict[str, GlueSpec] = {
         description="GLUE STS-B: semantic similarity scored 0-5 (regression)",
     ),
 }
-HUB_TASKS = (*GLUE, "commonsense_qa", "trivia_qa", "mmlu")
+HUB_TASKS = (*GLUE, "commonsense_qa", "trivia_qa", "trivia_qa_nocontext", "mmlu")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -322,6 +324,27 @@ def load_hub(name: str, *, subject: str | None = None) -> Task:
                 "mandarjoshi/trivia_qa rc validation evaluated with one evidence document each; "
                 "rc.nocontext train (no documents) as the pool"
             ),
+        )
+    if name == "trivia_qa_nocontext":
+        evaluation = _convert(
+            load_split("mandarjoshi/trivia_qa", "rc.nocontext", "validation"),
+            lambda i, row: trivia_qa_item("validation", i, row, with_context=False),
+        )
+        train = _convert(
+            load_split("mandarjoshi/trivia_qa", "rc.nocontext", "train"),
+            lambda i, row: trivia_qa_item("train", i, row, with_context=False),
+        )
+        return Task(
+            name=name,
+            kind="generation",
+            source="hub",
+            items=evaluation,
+            train_items=train,
+            metrics=list(DEFAULT_METRICS["generation"]),
+            knobs=["shots"],
+            description="TriviaQA closed book: the rc validation questions without evidence documents",
+            prompt_format=PromptFormat(),
+            provenance="mandarjoshi/trivia_qa rc.nocontext: validation evaluated closed book, train as the pool",
         )
     if name == "mmlu":
         config = check_subject(subject) if subject else "all"

@@ -16,6 +16,7 @@ options that are scored.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import string
 from collections.abc import Callable, Iterable, Sequence
@@ -144,14 +145,17 @@ class ContextWindow:
     """A window cut from a context document.
 
     `answer_in_window` is False when no alias occurs in the document (or every occurrence is longer
-    than the window), in which case the window is the document's start; `start_token` is the index of
-    the window's first token in the document.
+    than the window and the window was not widened), in which case the window is the document's start;
+    `start_token` is the index of the window's first token in the document, `n_window_tokens` its length
+    and `widened` whether it was grown past the requested length to hold the shortest answer occurrence.
     """
 
     text: str
     answer_in_window: bool
     start_token: int
     n_document_tokens: int
+    n_window_tokens: int = 0
+    widened: bool = False
 
 
 def _answer_spans(context: str, answers: Sequence[str]) -> list[tuple[int, int]]:
@@ -163,41 +167,71 @@ def _answer_spans(context: str, answers: Sequence[str]) -> list[tuple[int, int]]
     return sorted(spans)
 
 
+def answer_occurs(context: str | None, answers: Sequence[str] | None) -> bool:
+    """Whether any alias occurs in the document (case-insensitive), i.e. whether a window can hold it."""
+    return bool(_answer_spans(context or "", answers or []))
+
+
+def fraction_tokens(n_document_tokens: int, fraction: float) -> int:
+    """Window length for a share of a document: ceil(fraction * tokens), at least 1 token of a non-empty one."""
+    if not 0.0 < fraction <= 1.0:
+        raise JdnaError(f"--context-fraction {fraction} is outside (0, 1]: use e.g. 0.25")
+    if n_document_tokens == 0:
+        return 0
+    return max(1, min(n_document_tokens, math.ceil(fraction * n_document_tokens - 1e-9)))
+
+
 def locate_window(
     context: str,
     answers: Sequence[str],
-    n_tokens: int,
+    n_tokens: int | None,
     tokenize: Tokenize | None = None,
     seed: int = 0,
+    *,
+    fraction: float | None = None,
+    widen_to_answer: bool = False,
 ) -> ContextWindow:
-    """Choose an `n_tokens`-token window of `context` that contains an answer occurrence.
+    """Choose an `n_tokens`-token window of `context` (or `fraction` of its tokens) holding an answer occurrence.
 
     Answer occurrences are case-insensitive matches of any alias. One occurrence that fits is picked
     and the window start drawn uniformly among the positions that keep it inside, both seeded on
     (seed, context, answers), so the answer does not always sit at the same offset (which a model could
     exploit) yet the window is identical for every model. The window is the exact substring of
-    `context` from its first token's start to its last token's end.
+    `context` from its first token's start to its last token's end. With `widen_to_answer`, when every
+    occurrence is longer than the window, the window grows to the shortest occurrence (so a window
+    never loses the answer to its length); the result says so in `widened`.
     """
-    if n_tokens < 0:
+    if (n_tokens is None) == (fraction is None):
+        raise JdnaError("a context window takes a token count or a fraction of the document, not both or neither")
+    if n_tokens is not None and n_tokens < 0:
         raise JdnaError(f"--context {n_tokens} is negative: use 0 (closed book) or more tokens")
     tokens = list((tokenize or whitespace_tokenize)(context))
+    if fraction is not None:
+        n_tokens = fraction_tokens(len(tokens), fraction)
+    assert n_tokens is not None
     if n_tokens == 0 or not tokens:
-        return ContextWindow("", False, 0, len(tokens))
+        return ContextWindow("", False, 0, len(tokens), 0)
     spans = _answer_spans(context, answers)
     if n_tokens >= len(tokens):
-        return ContextWindow(context[tokens[0][1] : tokens[-1][2]], bool(spans), 0, len(tokens))
+        return ContextWindow(context[tokens[0][1] : tokens[-1][2]], bool(spans), 0, len(tokens), len(tokens))
 
     starts = np.array([t[1] for t in tokens])
     ends = np.array([t[2] for t in tokens])
-    fitting = []
+    occurrences = []
     for char_start, char_end in spans:
         # Token range [first, last] covering the occurrence: tokens that overlap it.
         first = int(np.searchsorted(ends, char_start, side="right"))
         last = int(np.searchsorted(starts, char_end, side="left")) - 1
-        if first <= last and last - first + 1 <= n_tokens:
-            fitting.append((first, last))
+        if first <= last:
+            occurrences.append((first, last))
+    fitting = [(first, last) for first, last in occurrences if last - first + 1 <= n_tokens]
+    widened = False
+    if not fitting and occurrences and widen_to_answer:
+        n_tokens = min(last - first + 1 for first, last in occurrences)
+        fitting = [(first, last) for first, last in occurrences if last - first + 1 == n_tokens]
+        widened = True
     if not fitting:
-        return ContextWindow(context[tokens[0][1] : tokens[n_tokens - 1][2]], False, 0, len(tokens))
+        return ContextWindow(context[tokens[0][1] : tokens[n_tokens - 1][2]], False, 0, len(tokens), n_tokens)
 
     rng = stable_rng(seed, "context", stable_hash(context), *answers)
     first, last = fitting[int(rng.integers(len(fitting)))]
@@ -205,7 +239,7 @@ def locate_window(
     highest = min(first, len(tokens) - n_tokens)
     start = int(rng.integers(lowest, highest + 1))
     end = start + n_tokens - 1
-    return ContextWindow(context[tokens[start][1] : tokens[end][2]], True, start, len(tokens))
+    return ContextWindow(context[tokens[start][1] : tokens[end][2]], True, start, len(tokens), n_tokens, widened)
 
 
 def context_window(
@@ -224,22 +258,51 @@ def apply_context_window(
     n_tokens: int | None,
     tokenize: Tokenize | None = None,
     seed: int = 0,
+    *,
+    fraction: float | None = None,
+    widen_to_answer: bool = False,
 ) -> list[Item]:
-    """Copies of the items with each context cut to `n_tokens` (None leaves contexts whole).
+    """Copies of the items with each context cut to `n_tokens` or to `fraction` of its tokens (neither
+    leaves contexts whole).
 
     Each copy records meta["answer_in_context"] so results can be split by whether the evidence was
-    actually there.
+    actually there, plus the window's length in tokens and whether it was widened to hold the answer.
     """
-    if n_tokens is None:
+    if n_tokens is None and fraction is None:
         return list(items)
     windowed = []
     for item in items:
-        window = locate_window(item.context or "", item.answers or [], n_tokens, tokenize, seed)
+        window = locate_window(
+            item.context or "",
+            item.answers or [],
+            n_tokens,
+            tokenize,
+            seed,
+            fraction=fraction,
+            widen_to_answer=widen_to_answer,
+        )
         meta = dict(
-            item.meta, answer_in_context=window.answer_in_window, context_tokens=window.n_document_tokens
+            item.meta,
+            answer_in_context=window.answer_in_window,
+            context_tokens=window.n_document_tokens,
+            window_tokens=window.n_window_tokens,
+            window_widened=window.widened,
         )
         windowed.append(dataclasses.replace(item, context=window.text, meta=meta))
     return windowed
+
+
+def split_answerable(items: Sequence[Item]) -> tuple[list[Item], list[Item]]:
+    """(items whose evidence document contains an answer alias, the others), each in input order.
+
+    With a context knob set only the first part is scored, so every level of the context axis scores
+    the same items and every window can hold the answer (the study's "ensuring that the correct answer
+    still resides within the provided context").
+    """
+    kept, dropped = [], []
+    for item in items:
+        (kept if answer_occurs(item.context, item.answers) else dropped).append(item)
+    return kept, dropped
 
 
 # ---------------------------------------------------------------------------------------------------
