@@ -21,7 +21,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from jdna.appliers import masks_of
 from jdna.artifact import (
     Artifact,
     artifact_id,
@@ -41,6 +40,7 @@ from jdna.calibration import (
 )
 from jdna.errors import JdnaError, unknown_name_error
 from jdna.io import sha256_file
+from jdna.masks import effective_masks
 from jdna.models import ModelRef, load_model
 from jdna.paths import expand
 from jdna.progress import Reporter
@@ -173,20 +173,11 @@ def plan_quantize(config: QuantizeConfig) -> QuantizePlan:
 def inherited_masks(ref: ModelRef) -> dict[str, torch.Tensor]:
     """Keep-masks the model `ref` names still obeys, keyed by canonical parameter name.
 
-    For each matrix the newest step that touched it decides: a step carrying a mask for it (pruned, or
-    quantized from a pruned parent) gives that mask; a step that rewrote it densely (lowrank, or a
-    quantization without mask) means no mask. :func:`quantize_model` also checks the weights really are
-    zero where the mask says pruned, so a step of an unknown kind cannot smuggle a stale mask in.
+    The one rule of :func:`jdna.masks.effective_masks`: per matrix, the newest step that touched it decides.
+    :func:`quantize_model` also checks the weights really are zero where the mask says pruned, so a step of an
+    unknown kind cannot smuggle a stale mask in.
     """
-    decided: dict[str, torch.Tensor | None] = {}
-    for artifact in reversed(ref.chain):
-        for name, keep in masks_of(artifact).items():
-            decided.setdefault(name, keep)
-        for name in artifact.header.get("quant", {}):
-            decided.setdefault(name, None)
-        for name in artifact.header.get("lowrank", {}):
-            decided.setdefault(name, None)
-    return {name: keep for name, keep in decided.items() if keep is not None}
+    return effective_masks(ref.chain)
 
 
 # --- quantize: the work --------------------------------------------------------------------------------
@@ -639,7 +630,7 @@ def run_lowrank(
     prunable_matrices(model, config.include, config.exclude)  # bad globs fail before the first log line
     how = f"rank ratio {config.rank_ratio:g}" if config.rank_ratio is not None else f"energy {config.energy:g}"
     reporter.log(f"loaded {ref.display_name}; truncated SVD per matrix, {how}")
-    if any(masks_of(artifact) for artifact in ref.chain):
+    if effective_masks(ref.chain):
         reporter.log("the factors are dense: a parent's pruning mask is not kept")
     stored, errors = lowrank_model(model, config, reporter)
     stats = lowrank_statistics(model, stored, errors)
