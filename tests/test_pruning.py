@@ -186,6 +186,37 @@ def test_sparsegpt_matches_obs_closed_form_for_one_weight() -> None:
     assert new_weight[0, 0] == 0
 
 
+@pytest.mark.parametrize("scope", ["layer", "row"])
+def test_sparsegpt_dead_inputs_are_zeroed_first_and_fill_the_budget(scope: str) -> None:
+    """Closed form with a diagonal Hessian (no OBS updates): inputs with H_jj = 0 are zeroed and pruned first,
+    the remaining budget goes to the live weights with the smallest w²·(h_j + λ), λ = damp·mean(diag H'),
+    where H' has 1 on the dead diagonal; the kept live weights are unchanged."""
+    generator = torch.Generator().manual_seed(7)
+    rows, cols, damp, sparsity = 6, 16, 0.01, 0.5
+    weight = torch.randn(rows, cols, generator=generator, dtype=torch.float64)
+    dead = torch.zeros(cols, dtype=torch.bool)
+    dead[[1, 6, 11]] = True
+    weight[:, dead] = 10.0  # large: scored as live inputs (the old behaviour) they would all be kept
+    h = torch.rand(cols, generator=generator, dtype=torch.float64) + 0.5
+    h[dead] = 0
+    new_weight, keep = sparsegpt_prune_matrix(weight, torch.diag(h), sparsity, scope=scope, damp=damp)
+
+    h_filled = torch.where(dead, torch.ones_like(h), h)
+    saliency = weight.pow(2) * (h + damp * h_filled.mean())
+    saliency[:, dead] = 0
+    expected = torch.ones(rows, cols, dtype=torch.bool)
+    if scope == "layer":
+        k = prune_count(sparsity, rows * cols)
+        expected.view(-1)[torch.sort(saliency.reshape(-1), stable=True).indices[:k]] = False
+    else:
+        k = prune_count(sparsity, cols)
+        expected.scatter_(1, torch.sort(saliency, dim=1, stable=True).indices[:, :k], False)
+    assert torch.equal(keep, expected)
+    assert not keep[:, dead].any()  # every dead weight is pruned, inside the budget
+    assert int((~keep[:, ~dead]).sum()) == int((~expected).sum()) - int(dead.sum()) * rows
+    assert torch.equal(new_weight, weight * expected)
+
+
 def test_sparsegpt_end_to_end_exact_sparsity_and_weights_stored(tiny_llama: Path, calib_file: Path) -> None:
     record = run_prune(
         resolve(str(tiny_llama)),
