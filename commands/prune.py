@@ -38,8 +38,20 @@ def prune(
         str, typer.Option(help="unstructured, or N:M (N kept of every M consecutive inputs), e.g. 2:4.")
     ] = "unstructured",
     owl: Annotated[
-        bool, typer.Option("--owl", help="Outlier-weighted layerwise sparsity (magnitude, wanda).")
+        bool,
+        typer.Option(
+            "--owl",
+            help="Outlier-weighted layerwise sparsity (magnitude, wanda, sparsegpt); needs calibration text "
+            "unless --owl-metric weight.",
+        ),
     ] = False,
+    owl_metric: Annotated[
+        str,
+        typer.Option(
+            help="OWL: outlier ratios from 'wanda' = |W|·‖X‖ on the dense model (the reference OWL code, for every "
+            "method) or 'weight' = |W| alone (no calibration data)."
+        ),
+    ] = "wanda",
     owl_lambda: Annotated[float, typer.Option(help="OWL: per-block sparsity spread (±lambda).")] = 0.08,
     owl_m: Annotated[
         float, typer.Option(help="OWL: outlier threshold as a multiple of the block's mean score.")
@@ -76,6 +88,7 @@ def prune(
         owl=owl,
         owl_lambda=owl_lambda,
         owl_m=owl_m,
+        owl_metric=owl_metric,
         seed=seed,
         include=tuple(include or ()),
         exclude=tuple(exclude or ()),

@@ -86,7 +86,7 @@ def run_prune(
     if outcome.calibration is not None:
         stats["calibration"] = outcome.calibration
     operation_params = dict(params)
-    if config.calib and plan.method.needs_calibration:
+    if config.calib and plan.needs_calibration:
         operation_params["calib_path"] = str(config.calib)
     tensors = {f"mask.{name}": outcome.masks.packed(name) for name in outcome.masks}
     tensors.update({f"weight.{name}": weight for name, weight in outcome.updated.items()})

@@ -106,6 +106,7 @@ def sparsegpt_prune_matrix(
 class SparseGPT(ReconstructionMethod):
     name = "sparsegpt"
     description = "OBS-based mask choice with weight reconstruction (calibrated; per matrix)"
+    supports_owl = True  # the reference OWL code has a SparseGPT path: per-block sparsities, then SparseGPT
 
 
 METHODS.add("sparsegpt", SparseGPT())
