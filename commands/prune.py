@@ -26,6 +26,13 @@ def prune(
         float | None,
         typer.Option("--sparsity", "-s", help="Fraction of prunable weights to remove, in [0, 1)."),
     ] = None,
+    bits_per_weight: Annotated[
+        float | None,
+        typer.Option(
+            help="Instead of --sparsity: the sparsity whose storage is B bits per weight, counting 16-bit kept "
+            "values and a 1-bit mask per weight (s = 1 - (B - 1)/16; 8 -> 0.5625, 4 -> 0.8125).",
+        ),
+    ] = None,
     method: Annotated[str, typer.Option(help=f"One of: {', '.join(METHODS.names())}.")] = "magnitude",
     scope: Annotated[
         str | None,
@@ -97,6 +104,7 @@ def prune(
         calib_seqlen=calib_seqlen,
         block_size=block_size,
         damp=damp,
+        bits_per_weight=bits_per_weight,
     )
     plan_prune(config)  # validate the flags before touching any model or file
     out = output_path(output)

@@ -44,8 +44,10 @@ def artifact_record(artifact: Artifact, cached: bool) -> dict[str, Any]:
     for key in (
         "target_sparsity",
         "sparsity",
+        "target_bits_per_weight",
         "bits_per_weight",
         "compression_ratio",
+        "bits_accounting",
         "prunable_params",
         "pruned_params",
         "model_sparsity",

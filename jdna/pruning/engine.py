@@ -52,6 +52,7 @@ class PruneConfig:
     calib_seqlen: int = 512
     block_size: int = 128
     damp: float = 0.01
+    bits_per_weight: float | None = None  # instead of sparsity: the sparsity whose storage costs this many bits
 
 
 @dataclass
@@ -123,10 +124,17 @@ def plan_prune(config: PruneConfig) -> PrunePlan:
             raise JdnaError(
                 "--owl sets a sparsity per layer, which an N:M pattern fixes: use one or the other"
             )
+        if config.bits_per_weight is not None:
+            raise JdnaError("--bits-per-weight chooses an unstructured sparsity, which an N:M pattern fixes: drop one")
+    elif config.bits_per_weight is not None:
+        if config.sparsity is not None:
+            raise JdnaError("give --sparsity or --bits-per-weight, not both (the bits fix the sparsity)")
+        sparsity = sparsity_for_bits_per_weight(config.bits_per_weight)
     else:
         if config.sparsity is None:
             raise JdnaError(
-                "--sparsity is required (a fraction in [0, 1), e.g. 0.5) unless --pattern N:M is given"
+                "--sparsity is required (a fraction in [0, 1), e.g. 0.5) unless --pattern N:M or --bits-per-weight "
+                "is given"
             )
         sparsity = float(config.sparsity)
         if not (0 <= sparsity < 1) or math.isnan(sparsity):
@@ -397,6 +405,24 @@ def pruned_bits_per_weight(
     return value_bits * n / m + math.ceil(math.log2(math.comb(m, n))) / m
 
 
+def sparsity_for_bits_per_weight(bits_per_weight: float, value_bits: int = VALUE_BITS) -> float:
+    """The unstructured sparsity s whose storage, ``value_bits·(1 − s) + 1`` (kept values plus a bitmap mask),
+    is `bits_per_weight`; JdnaError outside (1, value_bits + 1]."""
+    if not (1 < bits_per_weight <= value_bits + 1) or math.isnan(bits_per_weight):
+        raise JdnaError(
+            f"--bits-per-weight must be in (1, {value_bits + 1}] for pruning (a 1-bit mask plus {value_bits}-bit "
+            f"kept values), got {bits_per_weight}"
+        )
+    return 1 - (bits_per_weight - 1) / value_bits
+
+
+def bits_accounting(n_m: tuple[int, int] | None, value_bits: int = VALUE_BITS) -> str:
+    """How a pruned artifact's bits_per_weight is counted, in words (stated in its record)."""
+    if n_m is None:
+        return f"{value_bits}-bit kept values + 1-bit bitmap mask per weight"
+    return f"{value_bits}-bit kept values + ceil(log2 C({n_m[1]},{n_m[0]})) index bits per group of {n_m[1]}"
+
+
 def mask_statistics(
     model: nn.Module, matrices: list[PrunableMatrix], masks: dict[str, torch.Tensor], plan: PrunePlan
 ) -> dict[str, Any]:
@@ -431,6 +457,7 @@ def mask_statistics(
         "model_sparsity": pruned / all_params,
         "bits_per_weight": bits,
         "compression_ratio": VALUE_BITS / bits,
+        "bits_accounting": bits_accounting(plan.n_m),
         "matrices": per_matrix,
     }
 
