@@ -72,7 +72,10 @@ def prune(
     ] = None,
     calib: Annotated[
         str | None,
-        typer.Option(help="Calibration text (.txt or .jsonl with 'text'); default C4 from the hub."),
+        typer.Option(
+            help="Calibration text: a .txt or .jsonl ('text') file, c4 (the hub) or bigbench (offline Wikipedia "
+            "paragraphs from BIG-bench, docs/methods.md); default c4 if the hub is reachable, else bigbench."
+        ),
     ] = None,
     calib_samples: Annotated[int, typer.Option(help="Calibration windows.")] = 128,
     calib_seqlen: Annotated[

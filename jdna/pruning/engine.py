@@ -16,13 +16,13 @@ from jdna.calibration import (
     HessianAccumulator,
     InputNormAccumulator,
     LayerwiseRunner,
+    calibration_identity,
     calibration_samples,
+    check_calibration_spec,
     collect_inputs,
     read_calibration_text,
 )
 from jdna.errors import JdnaError, unknown_name_error
-from jdna.io import sha256_file
-from jdna.paths import expand
 from jdna.progress import Reporter
 from jdna.prunable import PrunableMatrix, prunable_matrices
 from jdna.pruning.base import METHODS, SCOPES, ReconstructionMethod, ScoreContext, ScoreMethod
@@ -91,7 +91,7 @@ class PrunePlan:
             params["seed"] = c.seed
         if self.needs_calibration:
             params.update(calib_samples=c.calib_samples, calib_seqlen=c.calib_seqlen)
-            params["calib"] = "c4" if c.calib in (None, "c4") else {"sha256": sha256_file(c.calib)}
+            params["calib"] = calibration_identity(c.calib)
         if isinstance(self.method, ReconstructionMethod):
             params.update(block_size=c.block_size, damp=c.damp)
         return params
@@ -154,10 +154,7 @@ def plan_prune(config: PruneConfig) -> PrunePlan:
             raise JdnaError("--calib-samples must be at least 1")
         if config.calib_seqlen < 2:
             raise JdnaError("--calib-seqlen must be at least 2")
-        if config.calib not in (None, "c4") and not expand(config.calib).is_file():
-            raise JdnaError(
-                f"calibration file '{config.calib}' does not exist: pass --calib with a .txt or .jsonl file"
-            )
+        check_calibration_spec(config.calib)
     if config.block_size < 1:
         raise JdnaError("--block-size must be at least 1")
     if config.damp < 0:
@@ -312,6 +309,7 @@ def prune_model(
         "samples": int(calib.input_ids.shape[0]),
         "seqlen": calib.seqlen,
         "text_tokens": calib.total_tokens,
+        "text": calibration_identity(config.calib),
     }
 
     def new_runner() -> LayerwiseRunner:

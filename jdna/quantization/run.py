@@ -34,15 +34,15 @@ from jdna.artifact import (
 from jdna.calibration import (
     HessianAccumulator,
     LayerwiseRunner,
+    calibration_identity,
     calibration_samples,
+    check_calibration_spec,
     collect_inputs,
     read_calibration_text,
 )
 from jdna.errors import JdnaError, unknown_name_error
-from jdna.io import sha256_file
 from jdna.masks import effective_masks
 from jdna.models import ModelRef, load_model
-from jdna.paths import expand
 from jdna.progress import Reporter
 from jdna.prunable import PrunableMatrix, prunable_matrices
 from jdna.quantization.accounting import (
@@ -122,7 +122,7 @@ class QuantizePlan:
                 seed=c.seed,
                 calib_samples=c.calib_samples,
                 calib_seqlen=c.calib_seqlen,
-                calib="c4" if c.calib in (None, "c4") else {"sha256": sha256_file(expand(c.calib))},
+                calib=calibration_identity(c.calib),
                 block_size=c.block_size,
                 damp=c.damp,
                 act_order=c.act_order,
@@ -135,8 +135,7 @@ def _check_calibration_flags(calib: str | None, samples: int, seqlen: int) -> No
         raise JdnaError("--calib-samples must be at least 1")
     if seqlen < 2:
         raise JdnaError("--calib-seqlen must be at least 2")
-    if calib not in (None, "c4") and not expand(calib).is_file():
-        raise JdnaError(f"calibration file '{calib}' does not exist: pass --calib with a .txt or .jsonl file")
+    check_calibration_spec(calib)
 
 
 def plan_quantize(config: QuantizeConfig) -> QuantizePlan:
@@ -324,6 +323,7 @@ def quantize_model(
         "samples": int(calib.input_ids.shape[0]),
         "seqlen": calib.seqlen,
         "text_tokens": calib.total_tokens,
+        "text": calibration_identity(config.calib),
     }
     runner = LayerwiseRunner(model, calib.input_ids)
     for index, block in runner.iter_blocks():
