@@ -24,6 +24,7 @@ from jdna.errors import JdnaError
 from jdna.io import sha256_file
 from jdna.paths import expand
 from jdna.prunable import find_blocks
+from jdna.tasks.hub import hub_unreachable
 
 _SANE_MAX_LENGTH = 1_000_000
 
@@ -46,6 +47,8 @@ def check_calibration_spec(spec: str | None) -> None:
 @lru_cache(maxsize=1)
 def default_calibration_source() -> str:
     """C4 when the hub is reachable (the references' choice), else the offline BIG-bench corpus."""
+    if hub_unreachable():
+        return "bigbench"
     try:
         _c4_text()
     except JdnaError:

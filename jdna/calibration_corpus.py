@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 from jdna.errors import JdnaError
-from jdna.paths import expand, jdna_home
+from jdna.tasks.bigbench import bigbench_root
 
 CORPUS_NAME = "bigbench-wiki"
 # BIG-bench tasks whose inputs carry a Wikipedia paragraph after a "context:" label.
@@ -60,15 +59,9 @@ def passage_of(task_input: str) -> str | None:
     return parts[1].strip()
 
 
-def bigbench_tasks_root() -> Path:
-    """Where `make data` puts BIG-bench's benchmark_tasks ($JDNA_BIGBENCH, default $JDNA_HOME/bigbench/...)."""
-    override = os.environ.get("JDNA_BIGBENCH")
-    return expand(override) if override else jdna_home() / "bigbench" / "benchmark_tasks"
-
-
 def build_corpus(root: Path | None = None) -> Corpus:
     """The deduplicated Wikipedia paragraphs of SOURCE_TASKS under `root` (JdnaError if none is there)."""
-    root = root if root is not None else bigbench_tasks_root()
+    root = root if root is not None else bigbench_root()
     passages: list[str] = []
     seen: set[str] = set()
     used = []
@@ -112,4 +105,4 @@ def cached_corpus(root: str) -> Corpus:
 
 
 def offline_corpus() -> Corpus:
-    return cached_corpus(str(bigbench_tasks_root()))
+    return cached_corpus(str(bigbench_root()))

@@ -201,7 +201,7 @@ def sparsity_chart(analysis: Analysis | dict[str, Any]) -> Chart:
 
 # How each method's bits are counted (docs/methods.md, "The compression axis"), on the figure itself.
 BITS_AXIS_LABEL = (
-    "Bits per weight (16 = dense)\npruned: 16-bit kept values + 1-bit mask; quantized: codes + fp16 scales;"
+    "Bits per weight (16 = dense)\npruned: 16-bit kept values + 1-bit mask\nquantized: codes + fp16 scales"
     "\nlow-rank: fp16 factors"
 )
 
