@@ -88,10 +88,11 @@ def test_masked_finetune_of_a_lowrank_child_refuses(tiny_bert: Path, task_file: 
     assert len(result.stderr.strip().splitlines()) == 1 and result.stdout == ""
 
 
-def test_dense_finetune_of_a_lowrank_child_keeps_the_factors_dense(tiny_bert: Path, task_file: Path) -> None:
+def test_regrow_finetune_of_a_lowrank_child_keeps_the_factors_dense(tiny_bert: Path, task_file: Path) -> None:
+    """regrow trains the model as loaded (the low-rank factors' product) without a mask: no zeros appear."""
     pruned = prune_record(tiny_bert)
     lowrank = _step("lowrank", pruned["path"], "--rank-ratio", "0.5")
-    tuned = _step("finetune", lowrank["path"], "--task", f"file:{task_file}", "--mode", "dense", *FAST)
+    tuned = _step("finetune", lowrank["path"], "--task", f"file:{task_file}", "--mode", "regrow", *FAST)
     weights = model_parameters(tuned["path"])
     for name in effective_masks(resolve(pruned["path"]).chain):
         assert float((weights[name] == 0).float().mean()) < 0.01, name
