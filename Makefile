@@ -18,8 +18,10 @@ SPARSITIES ?= 0.2 0.4 0.6 0.8
 SEEDS ?= 0
 METHOD ?= magnitude
 METHODS ?= magnitude wanda sparsegpt random
-CALIB ?= results/notes.txt
-CALIB_FLAGS ?= --calib $(CALIB) --calib-samples 32 --calib-seqlen 256
+# Calibration (Wanda, SparseGPT, GPTQ, OWL) at the references' scale: 128 windows of 2048 tokens of C4 when the
+# hub is reachable, else the offline BIG-bench Wikipedia corpus (docs/methods.md); CALIB=FILE for your own text.
+CALIB ?=
+CALIB_FLAGS ?= $(if $(CALIB),--calib $(CALIB)) --calib-samples 128 --calib-seqlen 2048
 LIMIT ?= 200
 R := results
 
@@ -94,12 +96,15 @@ S5_FLAGS ?= $(if $(call paper,$(S5_MODEL)),$(call ft_flags,$(S5_MODEL)),--train-
 # S6_TASKS runs as trivia_qa_nocontext (the same questions without their evidence documents).
 S6_MODEL ?= $(LM)
 S6_TASKS ?= $(if $(call paper,$(S6_MODEL)),trivia_qa_nocontext commonsense_qa,bigbench:qa_wikidata bigbench:general_knowledge mmlu)
-# Quantization contrast (Fig. 7) and low-rank (Fig. 11) at matched bits per weight.
+# Quantization contrast (Fig. 7) and low-rank (Fig. 11) on one compression axis: at every Q_BITS level B all three
+# methods store B bits per original weight (docs/methods.md): METHOD pruning at the sparsity whose 16-bit kept
+# values plus a 1-bit mask cost B (s = 1 - (B-1)/16), Q_METHOD quantization with B-bit codes (plus a float16 scale
+# per output channel), and SVD at the rank per matrix whose float16 factors cost B.
 Q_MODEL ?= $(LM)
 Q_TASK ?= $(S2_TASK)
 Q_OPTIONS ?= $(S2_OPTIONS)
-Q_BITS ?= 8 4 3 2
-Q_RANKS ?= 0.75 0.5 0.25
+Q_BITS ?= 8 6 4 3
+Q_METHOD ?= rtn
 # Transfer settings (Fig. 8), each at several training-set sizes (the data-volume axis, so the difficulty
 # table compares the modes' drops level by level), and linear mode connectivity (Fig. 10). At paper scale the
 # top size is the whole training set (`all`: Fig. 8 itself) over the sparsity grid, with two smaller sizes
@@ -147,10 +152,6 @@ bench: install data
 	$(BIN)/python bench/bench_quantize.py
 	$(BIN)/python bench/bench_finetune.py
 	$(BIN)/python bench/bench_eval_vs_lmeval.py
-
-$(CALIB): | install
-	@mkdir -p $(@D)
-	$(BIN)/python examples/make_notes.py > $@
 
 # Each experiment: records.jsonl (one stdout line per step, written atomically at the end), then the
 # difficulty table and a figure from it.
@@ -245,16 +246,14 @@ $(R)/quantization/records.jsonl: | install data
 	@mkdir -p $(@D); : > $@.tmp
 	for o in $(Q_OPTIONS); do \
 	  $(JDNA) eval $(Q_MODEL) --task $(Q_TASK) --options $$o --limit $(LIMIT) >> $@.tmp; \
-	  for s in $(SPARSITIES); do \
-	    $(JDNA) prune $(Q_MODEL) -s $$s --method $(METHOD) | $(JDNA) eval --task $(Q_TASK) --options $$o --limit $(LIMIT) >> $@.tmp; done; \
 	  for b in $(Q_BITS); do \
-	    $(JDNA) quantize $(Q_MODEL) --bits $$b --method rtn | $(JDNA) eval --task $(Q_TASK) --options $$o --limit $(LIMIT) >> $@.tmp; done; \
-	  for r in $(Q_RANKS); do \
-	    $(JDNA) lowrank $(Q_MODEL) --rank-ratio $$r | $(JDNA) eval --task $(Q_TASK) --options $$o --limit $(LIMIT) >> $@.tmp; done; \
-	done
+	    $(JDNA) prune $(Q_MODEL) --bits-per-weight $$b --method $(METHOD) | $(JDNA) eval --task $(Q_TASK) --options $$o --limit $(LIMIT) >> $@.tmp; \
+	    $(JDNA) quantize $(Q_MODEL) --bits $$b --method $(Q_METHOD) $(if $(filter gptq,$(Q_METHOD)),$(CALIB_FLAGS)) | $(JDNA) eval --task $(Q_TASK) --options $$o --limit $(LIMIT) >> $@.tmp; \
+	    $(JDNA) lowrank $(Q_MODEL) --bits-per-weight $$b | $(JDNA) eval --task $(Q_TASK) --options $$o --limit $(LIMIT) >> $@.tmp; \
+	  done; done
 	mv $@.tmp $@
 
-$(R)/methods/records.jsonl: $(CALIB) | install data
+$(R)/methods/records.jsonl: | install data
 	@mkdir -p $(@D); : > $@.tmp
 	for o in $(Q_OPTIONS); do \
 	  $(JDNA) eval $(LM) --task $(Q_TASK) --options $$o --limit $(LIMIT) >> $@.tmp; \
@@ -303,7 +302,7 @@ study: setting1 setting2 setting3 setting4 setting5 setting6 quantization transf
 # process start-ups and Python overheads overlap the other's compute.
 DEMO := R=results/demo SPARSITIES="0.3 0.5 0.7 0.9" \
 	S1_TRAIN="64 128 256" S1_FLAGS="--epochs 3 --lr 2e-4 --max-length 64 --eval-limit 200" \
-	S2_TASK=bigbench:general_knowledge S2_OPTIONS="2 3 4" LIMIT=56 Q_BITS="8 4 3" Q_RANKS="0.5 0.25"
+	S2_TASK=bigbench:general_knowledge S2_OPTIONS="2 3 4" LIMIT=56 Q_BITS="8 4"
 DEMO_JOBS ?= 2
 DEMO_THREADS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); t=$$((n / $(DEMO_JOBS))); echo $$((t > 0 ? t : 1)))
 demo: install data

@@ -9,6 +9,7 @@ from tabulate import tabulate
 
 from jdna.commands.common import console, emit, model_from_stdin
 from jdna.errors import JdnaError
+from jdna.masks import mask_summary
 from jdna.models import ModelRef, resolve
 from jdna.pruning import artifact_record
 
@@ -101,6 +102,13 @@ def _describe(ref: ModelRef, matrices: bool) -> tuple[list[str], dict[str, Any]]
         if isinstance(header.get(key), str):
             record[key] = header[key]
     record["lineage"] = ref.lineage()
+    record["effective_masks"] = masks = mask_summary(ref.chain)
+    if masks["matrices"] or "ended_by" in masks:
+        ended = masks.get("ended_by")
+        shown.append(
+            f"pruning masks in force: {masks['matrices']} matrices, sparsity {masks['sparsity']:.4f}"
+            + (f" (a {ended['kind']} step rewrote the other pruned matrices densely)" if ended else "")
+        )
     record["params"] = op.get("params", {})
     record["per_matrix_sparsity"] = {m["name"]: m["sparsity"] for m in stats.get("matrices", [])}
     return shown, record

@@ -30,6 +30,13 @@ def lowrank(
         float | None,
         typer.Option(help="Instead: smallest rank keeping this fraction of Σσ² per matrix, in (0, 1]."),
     ] = None,
+    bits_per_weight: Annotated[
+        float | None,
+        typer.Option(
+            help="Instead: per matrix, the rank whose float16 factors store closest to B bits per original weight "
+            "(r = round(B·rows·cols / (16·(rows+cols)))).",
+        ),
+    ] = None,
     include: Annotated[
         list[str] | None, typer.Option(help="Also factorize parameters matching this glob (repeatable).")
     ] = None,
@@ -46,6 +53,7 @@ def lowrank(
         energy=energy,
         include=tuple(include or ()),
         exclude=tuple(exclude or ()),
+        bits_per_weight=bits_per_weight,
     )
     plan_lowrank(config)  # validate the flags before touching any model or file
     out = output_path(output)

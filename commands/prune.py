@@ -26,6 +26,13 @@ def prune(
         float | None,
         typer.Option("--sparsity", "-s", help="Fraction of prunable weights to remove, in [0, 1)."),
     ] = None,
+    bits_per_weight: Annotated[
+        float | None,
+        typer.Option(
+            help="Instead of --sparsity: the sparsity whose storage is B bits per weight, counting 16-bit kept "
+            "values and a 1-bit mask per weight (s = 1 - (B - 1)/16; 8 -> 0.5625, 4 -> 0.8125).",
+        ),
+    ] = None,
     method: Annotated[str, typer.Option(help=f"One of: {', '.join(METHODS.names())}.")] = "magnitude",
     scope: Annotated[
         str | None,
@@ -38,8 +45,20 @@ def prune(
         str, typer.Option(help="unstructured, or N:M (N kept of every M consecutive inputs), e.g. 2:4.")
     ] = "unstructured",
     owl: Annotated[
-        bool, typer.Option("--owl", help="Outlier-weighted layerwise sparsity (magnitude, wanda).")
+        bool,
+        typer.Option(
+            "--owl",
+            help="Outlier-weighted layerwise sparsity (magnitude, wanda, sparsegpt); needs calibration text "
+            "unless --owl-metric weight.",
+        ),
     ] = False,
+    owl_metric: Annotated[
+        str,
+        typer.Option(
+            help="OWL: outlier ratios from 'wanda' = |W|·‖X‖ on the dense model (the reference OWL code, for every "
+            "method) or 'weight' = |W| alone (no calibration data)."
+        ),
+    ] = "wanda",
     owl_lambda: Annotated[float, typer.Option(help="OWL: per-block sparsity spread (±lambda).")] = 0.08,
     owl_m: Annotated[
         float, typer.Option(help="OWL: outlier threshold as a multiple of the block's mean score.")
@@ -53,7 +72,10 @@ def prune(
     ] = None,
     calib: Annotated[
         str | None,
-        typer.Option(help="Calibration text (.txt or .jsonl with 'text'); default C4 from the hub."),
+        typer.Option(
+            help="Calibration text: a .txt or .jsonl ('text') file, c4 (the hub) or bigbench (offline Wikipedia "
+            "paragraphs from BIG-bench, docs/methods.md); default c4 if the hub is reachable, else bigbench."
+        ),
     ] = None,
     calib_samples: Annotated[int, typer.Option(help="Calibration windows.")] = 128,
     calib_seqlen: Annotated[
@@ -76,6 +98,7 @@ def prune(
         owl=owl,
         owl_lambda=owl_lambda,
         owl_m=owl_m,
+        owl_metric=owl_metric,
         seed=seed,
         include=tuple(include or ()),
         exclude=tuple(exclude or ()),
@@ -84,6 +107,7 @@ def prune(
         calib_seqlen=calib_seqlen,
         block_size=block_size,
         damp=damp,
+        bits_per_weight=bits_per_weight,
     )
     plan_prune(config)  # validate the flags before touching any model or file
     out = output_path(output)

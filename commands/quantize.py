@@ -42,7 +42,10 @@ def quantize(
     ] = None,
     calib: Annotated[
         str | None,
-        typer.Option(help="GPTQ: calibration text (.txt or .jsonl with 'text'); default C4 from the hub."),
+        typer.Option(
+            help="GPTQ: calibration text: a .txt or .jsonl ('text') file, c4 (the hub) or bigbench (offline Wikipedia "
+            "paragraphs from BIG-bench, docs/methods.md); default c4 if the hub is reachable, else bigbench."
+        ),
     ] = None,
     calib_samples: Annotated[int, typer.Option(help="GPTQ: calibration windows.")] = 128,
     calib_seqlen: Annotated[

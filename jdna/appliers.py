@@ -7,6 +7,7 @@ from torch import nn
 
 from jdna.artifact import Artifact, unpack_mask
 from jdna.errors import JdnaError
+from jdna.masks import stored_masks
 from jdna.models import canonical_parameters, register_applier
 
 
@@ -32,9 +33,8 @@ def apply_pruned(model: nn.Module, artifact: Artifact) -> None:
 
 
 def masks_of(artifact: Artifact) -> dict[str, torch.Tensor]:
-    """Keep-masks stored in an artifact (pruned ones, and any later kind that carries its parent's mask)."""
-    shapes = artifact.header.get("masks", {})
-    return {name: unpack_mask(packed, shapes[name]) for name, packed in artifact.tensors("mask.").items()}
+    """Keep-masks stored in an artifact; which of them still hold is jdna.masks.effective_masks' rule."""
+    return stored_masks(artifact)
 
 import jdna.finetune_applier  # noqa: E402,F401  (registers the "finetuned" applier)
 import jdna.quantization.appliers  # noqa: F401,E402  (registers the quantized and lowrank appliers)

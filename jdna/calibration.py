@@ -13,22 +13,69 @@ import json
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import torch
 from torch import nn
 
+from jdna.calibration_corpus import offline_corpus
 from jdna.errors import JdnaError
+from jdna.io import sha256_file
 from jdna.paths import expand
 from jdna.prunable import find_blocks
+from jdna.tasks.hub import hub_unreachable
 
 _SANE_MAX_LENGTH = 1_000_000
 
 
+# Named calibration sources for --calib (anything else is a file path).
+CALIBRATION_SOURCES = ("c4", "bigbench")
+
+
+def check_calibration_spec(spec: str | None) -> None:
+    """JdnaError unless `spec` is None (the default), a named source, or an existing file."""
+    if spec is None or spec in CALIBRATION_SOURCES:
+        return
+    if not expand(spec).is_file():
+        raise JdnaError(
+            f"calibration file '{spec}' does not exist: pass --calib with a .txt or .jsonl file, or one of "
+            f"{', '.join(CALIBRATION_SOURCES)}"
+        )
+
+
+@lru_cache(maxsize=1)
+def default_calibration_source() -> str:
+    """C4 when the hub is reachable (the references' choice), else the offline BIG-bench corpus."""
+    if hub_unreachable():
+        return "bigbench"
+    try:
+        _c4_text()
+    except JdnaError:
+        return "bigbench"
+    return "c4"
+
+
+def calibration_identity(spec: str | None) -> str | dict[str, str]:
+    """What a calibrated step's content address records of its text: "c4", the offline corpus' name and
+    sha256, or a file's sha256. The default is resolved first, so the address names the text really used."""
+    source = default_calibration_source() if spec is None else spec
+    if source == "c4":
+        return "c4"
+    if source == "bigbench":
+        return offline_corpus().identity()
+    return {"sha256": sha256_file(expand(source))}
+
+
 def read_calibration_text(spec: str | None) -> str:
-    """Text from a .txt file, or the "text" fields of a .jsonl file; None means C4 from the hub."""
-    if spec is None or spec == "c4":
+    """Text from a .txt file, or the "text" fields of a .jsonl file; "c4" is C4 from the hub, "bigbench" the
+    offline corpus (jdna.calibration_corpus), None the first of those two that is available."""
+    if spec is None:
+        spec = default_calibration_source()
+    if spec == "c4":
         return _c4_text()
+    if spec == "bigbench":
+        return offline_corpus().text
     path = expand(spec)
     if not path.is_file():
         raise JdnaError(f"calibration file '{spec}' does not exist: pass --calib with a .txt or .jsonl file")
@@ -52,6 +99,7 @@ def read_calibration_text(spec: str | None) -> str:
     return raw
 
 
+@lru_cache(maxsize=1)
 def _c4_text(max_documents: int = 2000) -> str:
     try:
         from datasets import load_dataset
@@ -63,7 +111,7 @@ def _c4_text(max_documents: int = 2000) -> str:
     except Exception:
         raise JdnaError(
             "the default calibration set (C4) needs the Hugging Face hub, which is unreachable: "
-            "pass --calib FILE (a .txt or .jsonl file)"
+            "pass --calib FILE (a .txt or .jsonl file) or --calib bigbench (offline, after `make data`)"
         ) from None
     return "\n\n".join(texts)
 

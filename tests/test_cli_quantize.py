@@ -173,6 +173,40 @@ def test_lowrank_energy_and_half_rank_on_bert(tiny_bert: Path) -> None:
     assert 0 < energy["relative_error"] <= math.sqrt(0.1) + 1e-3
 
 
+def test_lowrank_at_bits_per_weight_chooses_each_rank_from_its_shape(tiny_bert: Path) -> None:
+    result = run("lowrank", str(tiny_bert), "--bits-per-weight", "4")
+    assert result.code == 0, result.stderr
+    record = result.record
+    # 32×32: r = 4·1024/(16·64) = 4 (exactly 4 bits); 64×32 and 32×64: r = round(4·2048/(16·96)) = round(5.33) = 5,
+    # 16·5·96/2048 = 3.75 bits; numel-weighted: (4·4096 + 3.75·4096)/8192 = 3.875.
+    stats = read_artifact(Path(record["path"])).header["stats"]
+    assert sorted(set(stats["ranks"].values())) == [4, 5]
+    assert record["bits_per_weight"] == pytest.approx(3.875, abs=1e-12)
+    assert record["target_bits_per_weight"] == 4 and "float16 factors" in record["bits_accounting"]
+    assert record["compression_ratio"] == pytest.approx(16 / 3.875)
+    info = run("info", stdin=result.stdout)
+    assert info.code == 0 and info.record["bits_per_weight"] == pytest.approx(3.875)
+
+
+def test_prune_at_bits_per_weight_is_the_sparsity_with_that_storage(tiny_bert: Path) -> None:
+    result = run("prune", str(tiny_bert), "--bits-per-weight", "8")
+    assert result.code == 0, result.stderr
+    record = result.record
+    # 16·(1 − s) + 1 = 8  →  s = 7/16 kept away from 1: 0.5625; 16,384 prunable weights, so exactly 8 bits.
+    assert record["target_sparsity"] == 0.5625 and record["sparsity"] == 0.5625
+    assert record["bits_per_weight"] == 8.0 and record["compression_ratio"] == 2.0
+    assert record["bits_accounting"] == "16-bit kept values + 1-bit bitmap mask per weight"
+    same = run("prune", str(tiny_bert), "-s", "0.5625")
+    assert same.record["id"] == record["id"] and same.record["cached"]
+    for args, fragment in (
+        (["--bits-per-weight", "1"], "(1, 17]"),
+        (["--bits-per-weight", "8", "-s", "0.5"], "not both"),
+        (["--bits-per-weight", "8", "--pattern", "2:4"], "N:M"),
+    ):
+        bad = run("prune", str(tiny_bert), *args)
+        assert bad.code == 2 and fragment in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+
+
 def test_quantize_after_lowrank_of_pruned_carries_no_mask(tiny_llama: Path) -> None:
     pruned = run("prune", str(tiny_llama), "-s", "0.5")
     factored = run("lowrank", "-r", "0.5", stdin=pruned.stdout)
@@ -226,6 +260,8 @@ def test_bad_flags_fail_before_loading_the_model(tmp_path: Path) -> None:
         (["--rank-ratio", "1.5"], "(0, 1]"),
         (["--energy", "0"], "(0, 1]"),
         (["--rank-ratio", "0.5", "--energy", "0.9"], "not both"),
+        (["--rank-ratio", "0.5", "--bits-per-weight", "4"], "not both"),
+        (["--bits-per-weight", "0"], "positive number of bits"),
         ([], "--rank-ratio"),
     ],
 )

@@ -8,6 +8,7 @@ import torch
 
 from jdna.errors import JdnaError
 from jdna.quantization import low_rank, lowrank_bits_per_weight
+from jdna.quantization.lowrank import rank_for_bits_per_weight
 
 
 def _with_spectrum(singular_values: list[float], rows: int, cols: int, seed: int = 0) -> torch.Tensor:
@@ -126,3 +127,22 @@ def test_rejects_non_matrix() -> None:
         low_rank(torch.randn(4), rank_ratio=0.5)
     with pytest.raises(JdnaError, match="2-D"):
         low_rank(torch.ones(4, 4, dtype=torch.int64), rank_ratio=0.5)
+
+
+@pytest.mark.parametrize("shape", [(576, 576), (192, 576), (1536, 576), (576, 1536), (7, 300), (33, 65)])
+@pytest.mark.parametrize("bits", [0.3, 2.0, 3.0, 4.0, 6.0, 8.0, 12.5])
+def test_rank_for_bits_is_the_closest_rank_by_brute_force(shape: tuple[int, int], bits: float) -> None:
+    rows, cols = shape
+    rank = rank_for_bits_per_weight(bits, rows, cols)
+    costs = {r: lowrank_bits_per_weight(rows, cols, r) for r in range(1, min(rows, cols) + 1)}
+    best = min(abs(cost - bits) for cost in costs.values())
+    assert abs(costs[rank] - bits) == pytest.approx(best, abs=1e-12)
+    assert low_rank(torch.randn(rows, cols, generator=torch.Generator().manual_seed(0)), rank=rank).rank == rank
+
+
+def test_rank_selector_bounds() -> None:
+    with pytest.raises(JdnaError, match=r"\[1, 4\]"):
+        low_rank(torch.randn(4, 6), rank=5)
+    with pytest.raises(JdnaError, match="positive number of bits"):
+        rank_for_bits_per_weight(0, 4, 4)
+    assert rank_for_bits_per_weight(1000, 4, 6) == 4  # capped at full rank

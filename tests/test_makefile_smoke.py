@@ -38,7 +38,7 @@ def test_setting2_and_quantization_targets_end_to_end(tiny_llama: Path, tmp_path
     args, env, results = _make_command(
         tmp_path,
         f"LM={tiny_llama}", f"S2_MODEL={tiny_llama}", f"Q_MODEL={tiny_llama}", f"S2_TASK=file:{task}",
-        "SPARSITIES=0.5", "S2_OPTIONS=2 3 5", "LIMIT=8", "Q_BITS=4", "Q_RANKS=0.5",
+        "SPARSITIES=0.5", "S2_OPTIONS=2 3 5", "LIMIT=8", "Q_BITS=4",
         "{results}/setting2/difficulty.json", "{results}/setting2/figure.png",
         "{results}/quantization/difficulty.json", "{results}/quantization/figure.png",
     )
@@ -55,6 +55,15 @@ def test_setting2_and_quantization_targets_end_to_end(tiny_llama: Path, tmp_path
     quantization = json.loads((results / "quantization" / "difficulty.json").read_text())
     kinds = {group.get("compression_kind") for group in quantization["groups"]}
     assert {"pruned", "quantized", "lowrank"} <= kinds
+    # One compression axis: at the Q_BITS level, every method stores about that many bits per weight.
+    bits = {}
+    for line in (results / "quantization" / "records.jsonl").read_text().splitlines():
+        compression = json.loads(line)["model"]["compression"]
+        if compression.get("kind"):
+            bits.setdefault(compression["kind"], []).append(compression["bits_per_weight"])
+    for kind in ("pruned", "quantized", "lowrank"):
+        levels = sorted(set(bits[kind]))
+        assert len(levels) == 1 and abs(levels[0] - 4) < 0.55, (kind, levels)
     again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "jdna" not in again.stdout + again.stderr  # nothing redone
 

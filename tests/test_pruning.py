@@ -186,6 +186,37 @@ def test_sparsegpt_matches_obs_closed_form_for_one_weight() -> None:
     assert new_weight[0, 0] == 0
 
 
+@pytest.mark.parametrize("scope", ["layer", "row"])
+def test_sparsegpt_dead_inputs_are_zeroed_first_and_fill_the_budget(scope: str) -> None:
+    """Closed form with a diagonal Hessian (no OBS updates): inputs with H_jj = 0 are zeroed and pruned first,
+    the remaining budget goes to the live weights with the smallest w²·(h_j + λ), λ = damp·mean(diag H'),
+    where H' has 1 on the dead diagonal; the kept live weights are unchanged."""
+    generator = torch.Generator().manual_seed(7)
+    rows, cols, damp, sparsity = 6, 16, 0.01, 0.5
+    weight = torch.randn(rows, cols, generator=generator, dtype=torch.float64)
+    dead = torch.zeros(cols, dtype=torch.bool)
+    dead[[1, 6, 11]] = True
+    weight[:, dead] = 10.0  # large: scored as live inputs (the old behaviour) they would all be kept
+    h = torch.rand(cols, generator=generator, dtype=torch.float64) + 0.5
+    h[dead] = 0
+    new_weight, keep = sparsegpt_prune_matrix(weight, torch.diag(h), sparsity, scope=scope, damp=damp)
+
+    h_filled = torch.where(dead, torch.ones_like(h), h)
+    saliency = weight.pow(2) * (h + damp * h_filled.mean())
+    saliency[:, dead] = 0
+    expected = torch.ones(rows, cols, dtype=torch.bool)
+    if scope == "layer":
+        k = prune_count(sparsity, rows * cols)
+        expected.view(-1)[torch.sort(saliency.reshape(-1), stable=True).indices[:k]] = False
+    else:
+        k = prune_count(sparsity, cols)
+        expected.scatter_(1, torch.sort(saliency, dim=1, stable=True).indices[:, :k], False)
+    assert torch.equal(keep, expected)
+    assert not keep[:, dead].any()  # every dead weight is pruned, inside the budget
+    assert int((~keep[:, ~dead]).sum()) == int((~expected).sum()) - int(dead.sum()) * rows
+    assert torch.equal(new_weight, weight * expected)
+
+
 def test_sparsegpt_end_to_end_exact_sparsity_and_weights_stored(tiny_llama: Path, calib_file: Path) -> None:
     record = run_prune(
         resolve(str(tiny_llama)),
@@ -226,10 +257,95 @@ def test_owl_prunes_blocks_at_their_own_sparsity(tiny_llama: Path, calib_file: P
     )
     assert outcome.block_sparsity is not None
     assert sum(outcome.block_sparsity.values()) / len(outcome.block_sparsity) == pytest.approx(0.5)
+    for block, target in outcome.block_sparsity.items():  # magnitude: one threshold per block; wanda: per row
+        group = [matrix for matrix in prunable_matrices(model) if matrix.block == block]
+        numel = sum(matrix.numel for matrix in group)
+        achieved = sum(int((~outcome.masks[matrix.name]).sum()) for matrix in group) / numel
+        assert abs(achieved - target) <= 1 / group[0].param.shape[1] + 1e-9
+
+
+def _dense_input_norms_by_full_forward(path: Path, calib_file: Path, samples: int, seqlen: int) -> dict:
+    """‖X_j‖₂ of every prunable linear layer's inputs, from one plain forward of the unpruned model."""
+    model, tokenizer = load(path)
+    calib = calibration_samples(calib_file.read_text(), tokenizer, model, samples, seqlen, seed=0)
+    sums: dict[str, torch.Tensor] = {}
+    hooks = []
     for matrix in prunable_matrices(model):
-        target = outcome.block_sparsity[matrix.block]
-        achieved = float((~outcome.masks[matrix.name]).float().mean())
-        assert abs(achieved - target) <= 1 / matrix.param.shape[1] + 1e-9
+        def hook(_module, inputs, _output, name=matrix.name):
+            x = inputs[0].reshape(-1, inputs[0].shape[-1]).double()
+            sums[name] = sums.get(name, 0) + x.pow(2).sum(0)
+        hooks.append(matrix.module.register_forward_hook(hook))
+    with torch.no_grad():
+        model(calib.input_ids)
+    for handle in hooks:
+        handle.remove()
+    return {name: value.sqrt() for name, value in sums.items()}
+
+
+def _owl_reference(model, metric, m: float, sparsity: float, lam: float) -> dict[int, float]:
+    """OWL written out: outlier ratio D_l = #(metric > m·mean_l) / n_l per block, D min-max scaled to [0, 2λ],
+    re-centred to mean density 1 − S; block sparsity = 1 − density."""
+    ratios = {}
+    for block in sorted({mat.block for mat in prunable_matrices(model)}):
+        values = torch.cat([metric(mat).reshape(-1).double() for mat in prunable_matrices(model) if mat.block == block])
+        ratios[block] = float((values > m * values.mean()).double().mean())
+    low, high = min(ratios.values()), max(ratios.values())
+    scaled = {b: (r - low) / (high - low) * 2 * lam for b, r in ratios.items()}
+    mean = sum(scaled.values()) / len(scaled)
+    return {b: 1 - (v - mean + 1 - sparsity) for b, v in scaled.items()}
+
+
+@pytest.mark.parametrize("owl_metric", ["wanda", "weight"])
+def test_owl_ratios_follow_the_reference_metric(tiny_llama: Path, calib_file: Path, owl_metric: str) -> None:
+    """Magnitude + OWL: the ratios come from |W|·‖X‖ on the dense model (the reference OWL code), or from |W|
+    under --owl-metric weight; each block is then pruned by magnitude at its own sparsity."""
+    config = dict(method="magnitude", sparsity=0.5, owl=True, owl_lambda=0.1, owl_m=2.0, owl_metric=owl_metric,
+                  calib=str(calib_file), calib_samples=4, calib_seqlen=16)
+    reference_model, _ = load(tiny_llama)
+    norms = _dense_input_norms_by_full_forward(tiny_llama, calib_file, 4, 16)
+    if owl_metric == "wanda":
+        def metric(mat):
+            return mat.param.detach().abs().double() * norms[mat.name].reshape(1, -1)
+    else:
+        def metric(mat):
+            return mat.param.detach().abs().double()
+    expected = _owl_reference(reference_model, metric, 2.0, 0.5, 0.1)
+    model, _, outcome = pruned_model(tiny_llama, **config)
+    assert outcome.block_sparsity is not None
+    assert outcome.block_sparsity == pytest.approx(expected, abs=1e-12)
+    assert outcome.block_sparsity != pytest.approx({b: 0.5 for b in expected}, abs=1e-3)
+    for block, target in expected.items():  # magnitude, global scope: one threshold per block
+        group = [mat for mat in prunable_matrices(reference_model) if mat.block == block]
+        scores = torch.cat([mat.param.detach().abs().reshape(-1) for mat in group])
+        keep = torch.ones_like(scores, dtype=torch.bool)
+        keep[torch.sort(scores, stable=True).indices[: prune_count(target, scores.numel())]] = False
+        got = torch.cat([outcome.masks[mat.name].reshape(-1) for mat in group])
+        assert torch.equal(got, keep)
+    if owl_metric == "wanda":
+        assert outcome.calibration == {**outcome.calibration, "samples": 4, "seqlen": 16}
+        assert plan_prune(PruneConfig(**config)).params()["calib_samples"] == 4
+    else:
+        assert outcome.calibration is None and "calib_samples" not in plan_prune(PruneConfig(**config)).params()
+
+
+def test_owl_with_sparsegpt_prunes_each_block_at_the_reference_ratio(tiny_llama: Path, calib_file: Path) -> None:
+    norms = _dense_input_norms_by_full_forward(tiny_llama, calib_file, 4, 16)
+    reference_model, _ = load(tiny_llama)
+    expected = _owl_reference(
+        reference_model, lambda mat: mat.param.detach().abs().double() * norms[mat.name].reshape(1, -1), 2.0, 0.5, 0.1
+    )
+    model, _, outcome = pruned_model(tiny_llama, method="sparsegpt", sparsity=0.5, owl=True, owl_lambda=0.1,
+                                     owl_m=2.0, calib=str(calib_file), calib_samples=4, calib_seqlen=16)
+    assert outcome.block_sparsity == pytest.approx(expected, abs=1e-12)
+    for matrix in prunable_matrices(model):
+        pruned = int((~outcome.masks[matrix.name]).sum())
+        assert pruned == prune_count(expected[matrix.block], matrix.numel), matrix.name
+
+
+def test_owl_without_calibration_text_says_how_to_go_on(tiny_llama: Path) -> None:
+    model, tokenizer = load(tiny_llama)
+    with pytest.raises(JdnaError, match="--owl-metric weight"):
+        prune_model(model, tokenizer, plan_prune(PruneConfig(sparsity=0.5, owl=True, calib_samples=2)))
 
 
 def test_calibration_windows_capped_at_model_context(tiny_llama: Path) -> None:
@@ -249,7 +365,8 @@ def test_calibration_windows_capped_at_model_context(tiny_llama: Path) -> None:
         (dict(pattern="4:2"), "0 < N < M"),
         (dict(pattern="2-4"), "is not 'unstructured' or N:M"),
         (dict(pattern="2:4", sparsity=0.6), "contradicts"),
-        (dict(sparsity=0.5, method="random", owl=True), "--owl applies"),
+        (dict(sparsity=0.5, method="random", owl=True), "--owl applies to magnitude, sparsegpt, wanda"),
+        (dict(sparsity=0.5, owl=True, owl_metric="wand"), "did you mean 'wanda'"),
         (dict(), "--sparsity is required"),
         (dict(sparsity=0.5, method="wanda", calib="/nonexistent.txt"), "does not exist"),
     ],

@@ -199,6 +199,13 @@ def sparsity_chart(analysis: Analysis | dict[str, Any]) -> Chart:
     return Chart("sparsity", panels)
 
 
+# How each method's bits are counted (docs/methods.md, "The compression axis"), on the figure itself.
+BITS_AXIS_LABEL = (
+    "Bits per weight (16 = dense)\npruned: 16-bit kept values + 1-bit mask\nquantized: codes + fp16 scales"
+    "\nlow-rank: fp16 factors"
+)
+
+
 def methods_chart(analysis: Analysis | dict[str, Any]) -> Chart:
     """Kind 2: every compression method on the bits-per-weight axis, a panel per task and difficulty level."""
     groups = [g for g in _groups(analysis) if not g.get("transfer")]
@@ -216,7 +223,7 @@ def methods_chart(analysis: Analysis | dict[str, Any]) -> Chart:
                 axis_name = group["axis"].split(":")[0]
                 where = label if axis_name == "gap" else f"{axis_name.replace('_', ' ')} = {label}"
                 title = f"{_group_title(group, with_method=False)}\n{where}"
-                panels[key] = Panel(title, "Bits per weight (16 = dense)", _metric_label(group) + " (÷ dense)",
+                panels[key] = Panel(title, BITS_AXIS_LABEL, _metric_label(group) + " (÷ dense)",
                                     legend_title="method", invert_x=True)
             xs, ys = [16.0], [1.0]
             for level in sorted(group["levels"], key=lambda lv: -(lv["bits_per_weight"] or 0)):

@@ -72,7 +72,14 @@ from jdna.finetune.evaluate import Evaluation, evaluate
 from jdna.finetune.lm import LM_HEAD, LM_PROTOCOL, OBJECTIVE, adds_bos, check_lm_model, encode_lm_items, load_tokenizer
 from jdna.finetune.lm import training_pool_items as lm_training_items
 from jdna.finetune.loop import Interrupted, TrainSettings, loss_summary, stop_on_signals, train
-from jdna.finetune.masking import MaskEnforcer, chain_masks, dense_ref, mask_source, zero_statistics
+from jdna.finetune.masking import (
+    MaskEnforcer,
+    chain_masks,
+    dense_ref,
+    mask_source,
+    require_masks,
+    zero_statistics,
+)
 from jdna.io import sha256_text, write_json_atomic
 from jdna.models import ModelRef, canonical_parameters, default_device, head_of, load_model, resolve
 from jdna.paths import runs_dir
@@ -164,10 +171,8 @@ def plan(config: FinetuneConfig) -> FinetuneConfig:
 
 def check_model(ref: ModelRef, config: FinetuneConfig) -> None:
     """Checks that need the model reference but not its weights: masks for sparse/freeze."""
-    if config.mode in NEEDS_MASK and mask_source(ref) is None:
-        raise JdnaError(
-            f"mode {config.mode} needs a pruned model: pipe `jdna prune` output or use --mode dense"
-        )
+    if config.mode in NEEDS_MASK:
+        require_masks(ref, config.mode)
 
 
 def _check_pools(task: Task, spec: str) -> Task:

@@ -21,24 +21,44 @@ from typing import Any
 import torch
 from torch import nn
 
-from jdna.appliers import masks_of
 from jdna.artifact import Artifact
 from jdna.errors import JdnaError
+from jdna.masks import effective_masks, ended_by, mask_owners, stored_masks
 from jdna.models import ModelRef, canonical_parameters
 
 
 def mask_source(ref: ModelRef) -> Artifact | None:
-    """The newest artifact in the chain that carries keep-masks (``mask.*`` tensors), if any."""
-    for artifact in reversed(ref.chain):
-        if any(name.startswith("mask.") for name in artifact.tensor_names):
-            return artifact
-    return None
+    """The artifact whose masks are exactly the ones `ref` still obeys, if a single one is (else None)."""
+    owners = mask_owners(ref.chain)
+    sources = {id(owner): owner for owner in owners.values() if owner is not None}
+    if len(sources) != 1:
+        return None
+    source = next(iter(sources.values()))
+    held = {name for name, owner in owners.items() if owner is source}
+    return source if held == set(stored_masks(source)) else None
 
 
 def chain_masks(ref: ModelRef) -> dict[str, torch.Tensor]:
-    """Keep-masks (True = kept, bool) of the newest mask-carrying artifact, by canonical parameter name."""
-    source = mask_source(ref)
-    return masks_of(source) if source is not None else {}
+    """Keep-masks (True = kept, bool) `ref` still obeys, by canonical parameter name (jdna.masks' one rule)."""
+    return effective_masks(ref.chain)
+
+
+def require_masks(ref: ModelRef, mode: str) -> None:
+    """sparse/freeze keep a pruning mask, so `ref` must still obey one; else one clear error.
+
+    A model whose pruned matrices were all rewritten densely after pruning (lowrank factors, a quantization
+    without mask, a dense fine-tune) obeys no mask any more: masked fine-tuning refuses rather than re-apply a
+    stale mask to dense values (which silently zeroed 30-70% of low-rank weights before).
+    """
+    if chain_masks(ref):
+        return
+    ended = ended_by(ref.chain)
+    if ended is None:
+        raise JdnaError(f"mode {mode} needs a pruned model: pipe `jdna prune` output or use --mode dense")
+    raise JdnaError(
+        f"mode {mode} needs a pruning mask, but the {ended.kind} step '{ended.path}' rewrote every pruned matrix "
+        "densely after pruning, so no mask holds: use --mode dense or regrow, or prune that model again"
+    )
 
 
 def dense_ref(ref: ModelRef) -> ModelRef:

@@ -44,8 +44,10 @@ def artifact_record(artifact: Artifact, cached: bool) -> dict[str, Any]:
     for key in (
         "target_sparsity",
         "sparsity",
+        "target_bits_per_weight",
         "bits_per_weight",
         "compression_ratio",
+        "bits_accounting",
         "prunable_params",
         "pruned_params",
         "model_sparsity",
@@ -86,7 +88,7 @@ def run_prune(
     if outcome.calibration is not None:
         stats["calibration"] = outcome.calibration
     operation_params = dict(params)
-    if config.calib and plan.method.needs_calibration:
+    if config.calib and plan.needs_calibration:
         operation_params["calib_path"] = str(config.calib)
     tensors = {f"mask.{name}": outcome.masks.packed(name) for name in outcome.masks}
     tensors.update({f"weight.{name}": weight for name, weight in outcome.updated.items()})

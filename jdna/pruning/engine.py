@@ -16,19 +16,20 @@ from jdna.calibration import (
     HessianAccumulator,
     InputNormAccumulator,
     LayerwiseRunner,
+    calibration_identity,
     calibration_samples,
+    check_calibration_spec,
     collect_inputs,
     read_calibration_text,
 )
 from jdna.errors import JdnaError, unknown_name_error
-from jdna.io import sha256_file
-from jdna.paths import expand
 from jdna.progress import Reporter
 from jdna.prunable import PrunableMatrix, prunable_matrices
 from jdna.pruning.base import METHODS, SCOPES, ReconstructionMethod, ScoreContext, ScoreMethod
-from jdna.pruning.owl import outlier_ratio, owl_sparsities
+from jdna.pruning.owl import OWL_METRICS, outlier_ratio, owl_sparsities
 from jdna.pruning.selection import prune_count, select_group_packed, select_n_m, select_rows
 from jdna.pruning.sparsegpt import sparsegpt_prune_matrix
+from jdna.pruning.wanda import wanda_scores
 
 VALUE_BITS = 16  # the reference precision of the compression axis: a dense model counts 16 bits a weight
 
@@ -42,6 +43,7 @@ class PruneConfig:
     owl: bool = False
     owl_lambda: float = 0.08
     owl_m: float = 5.0
+    owl_metric: str = "wanda"  # what OWL's outlier ratios are computed from: |W|·‖X‖ (reference) or |W|
     seed: int = 0
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
@@ -50,6 +52,7 @@ class PruneConfig:
     calib_seqlen: int = 512
     block_size: int = 128
     damp: float = 0.01
+    bits_per_weight: float | None = None  # instead of sparsity: the sparsity whose storage costs this many bits
 
 
 @dataclass
@@ -61,6 +64,15 @@ class PrunePlan:
     scope: str
     n_m: tuple[int, int] | None
     config: PruneConfig
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Calibrated methods, and OWL's reference outlier ratios (|W|·‖X‖ needs activations for any method)."""
+        return self.method.needs_calibration or self.owl_needs_activations
+
+    @property
+    def owl_needs_activations(self) -> bool:
+        return self.config.owl and self.config.owl_metric == "wanda"
 
     def params(self) -> dict[str, Any]:
         """The parameters that define the result (what the content address is computed from)."""
@@ -74,12 +86,12 @@ class PrunePlan:
             "exclude": list(c.exclude),
         }
         if c.owl:
-            params.update(owl=True, owl_lambda=c.owl_lambda, owl_m=c.owl_m)
-        if self.method.name == "random" or self.method.needs_calibration:
+            params.update(owl=True, owl_lambda=c.owl_lambda, owl_m=c.owl_m, owl_metric=c.owl_metric)
+        if self.method.name == "random" or self.needs_calibration:
             params["seed"] = c.seed
-        if self.method.needs_calibration:
+        if self.needs_calibration:
             params.update(calib_samples=c.calib_samples, calib_seqlen=c.calib_seqlen)
-            params["calib"] = "c4" if c.calib in (None, "c4") else {"sha256": sha256_file(c.calib)}
+            params["calib"] = calibration_identity(c.calib)
         if isinstance(self.method, ReconstructionMethod):
             params.update(block_size=c.block_size, damp=c.damp)
         return params
@@ -112,10 +124,17 @@ def plan_prune(config: PruneConfig) -> PrunePlan:
             raise JdnaError(
                 "--owl sets a sparsity per layer, which an N:M pattern fixes: use one or the other"
             )
+        if config.bits_per_weight is not None:
+            raise JdnaError("--bits-per-weight chooses an unstructured sparsity, which an N:M pattern fixes: drop one")
+    elif config.bits_per_weight is not None:
+        if config.sparsity is not None:
+            raise JdnaError("give --sparsity or --bits-per-weight, not both (the bits fix the sparsity)")
+        sparsity = sparsity_for_bits_per_weight(config.bits_per_weight)
     else:
         if config.sparsity is None:
             raise JdnaError(
-                "--sparsity is required (a fraction in [0, 1), e.g. 0.5) unless --pattern N:M is given"
+                "--sparsity is required (a fraction in [0, 1), e.g. 0.5) unless --pattern N:M or --bits-per-weight "
+                "is given"
             )
         sparsity = float(config.sparsity)
         if not (0 <= sparsity < 1) or math.isnan(sparsity):
@@ -126,16 +145,16 @@ def plan_prune(config: PruneConfig) -> PrunePlan:
     if scope not in method.scopes:
         raise JdnaError(f"method '{method.name}' supports scopes {', '.join(method.scopes)}, not '{scope}'")
     if config.owl and not method.supports_owl:
-        raise JdnaError(f"--owl applies to magnitude and wanda, not '{method.name}'")
-    if method.needs_calibration:
+        owl_methods = ", ".join(name for name in METHODS.names() if METHODS.get(name).supports_owl)
+        raise JdnaError(f"--owl applies to {owl_methods}, not '{method.name}'")
+    if config.owl_metric not in OWL_METRICS:
+        raise unknown_name_error("OWL metric", config.owl_metric, OWL_METRICS)
+    if method.needs_calibration or (config.owl and config.owl_metric == "wanda"):
         if config.calib_samples < 1:
             raise JdnaError("--calib-samples must be at least 1")
         if config.calib_seqlen < 2:
             raise JdnaError("--calib-seqlen must be at least 2")
-        if config.calib not in (None, "c4") and not expand(config.calib).is_file():
-            raise JdnaError(
-                f"calibration file '{config.calib}' does not exist: pass --calib with a .txt or .jsonl file"
-            )
+        check_calibration_spec(config.calib)
     if config.block_size < 1:
         raise JdnaError("--block-size must be at least 1")
     if config.damp < 0:
@@ -221,6 +240,14 @@ def _owl_block_sparsity(
     return dict(zip(blocks, owl_sparsities(ratios, plan.sparsity, plan.config.owl_lambda)))
 
 
+def _owl_metric(plan: PrunePlan, input_norms: dict[str, torch.Tensor]) -> Callable[[PrunableMatrix], torch.Tensor]:
+    """What OWL counts outliers of: the Wanda metric |W|·‖X‖ on the dense model (the reference OWL code does so
+    whatever the pruning score), or |W| alone under ``--owl-metric weight``."""
+    if plan.config.owl_metric == "weight":
+        return lambda matrix: matrix.param.detach().abs().to(torch.float32).cpu()
+    return lambda matrix: wanda_scores(matrix.param.detach().cpu(), input_norms[matrix.name])
+
+
 def _dense_input_norms(
     runner: LayerwiseRunner, matrices: list[PrunableMatrix], reporter: Reporter
 ) -> dict[str, torch.Tensor]:
@@ -246,8 +273,8 @@ def prune_model(
 
     score = _Scorer(method, context)
 
-    if not method.needs_calibration:
-        block_sparsity = _owl_block_sparsity(matrices, score, plan) if config.owl else None
+    if not plan.needs_calibration:
+        block_sparsity = _owl_block_sparsity(matrices, _owl_metric(plan, {}), plan) if config.owl else None
         masks = _select(matrices, score, plan, block_sparsity)
         for matrix in matrices:
             _apply(matrix, masks[matrix.name])
@@ -255,11 +282,21 @@ def prune_model(
 
     for matrix in matrices:
         if not matrix.is_linear or matrix.block is None:
+            why = f"{method.name} needs" if method.needs_calibration else "OWL's outlier ratios (|W|·‖X‖) need"
+            alternative = "use magnitude" if method.needs_calibration else "use --owl-metric weight"
             raise JdnaError(
-                f"{method.name} needs input activations, but '{matrix.name}' is not a linear layer inside a "
-                "transformer block: --exclude it or use magnitude"
+                f"{why} input activations, but '{matrix.name}' is not a linear layer inside a "
+                f"transformer block: --exclude it or {alternative}"
             )
-    text = read_calibration_text(config.calib)
+    try:
+        text = read_calibration_text(config.calib)
+    except JdnaError as error:
+        if method.needs_calibration:
+            raise
+        raise JdnaError(
+            f"--owl computes outlier ratios from |W|·‖X‖ as the reference OWL does, which needs calibration text "
+            f"({error}); or pass --owl-metric weight for ratios from |W| alone"
+        ) from None
     calib = calibration_samples(
         text, tokenizer, model, config.calib_samples, config.calib_seqlen, config.seed
     )
@@ -272,21 +309,28 @@ def prune_model(
         "samples": int(calib.input_ids.shape[0]),
         "seqlen": calib.seqlen,
         "text_tokens": calib.total_tokens,
+        "text": calibration_identity(config.calib),
     }
 
     def new_runner() -> LayerwiseRunner:
         return LayerwiseRunner(model, calib.input_ids)
 
-    if isinstance(method, ReconstructionMethod):
-        masks, updated = _sparsegpt_pass(new_runner(), matrices, plan, reporter)
-        return PruneOutcome(masks=masks, updated=updated, calibration=calibration)
-
     block_sparsity = None
-    if plan.scope == "global" or config.owl:
-        context.input_norms = _dense_input_norms(new_runner(), matrices, reporter)
-        if config.owl:
-            block_sparsity = _owl_block_sparsity(matrices, score, plan)
-    if plan.scope == "global":
+    dense_norms: dict[str, torch.Tensor] = {}
+    needs_dense_norms = plan.owl_needs_activations or (
+        plan.scope == "global" and not isinstance(method, ReconstructionMethod)
+    )
+    if needs_dense_norms:
+        dense_norms = _dense_input_norms(new_runner(), matrices, reporter)
+    if config.owl:
+        block_sparsity = _owl_block_sparsity(matrices, _owl_metric(plan, dense_norms), plan)
+
+    if isinstance(method, ReconstructionMethod):
+        masks, updated = _sparsegpt_pass(new_runner(), matrices, plan, reporter, block_sparsity)
+        return PruneOutcome(masks=masks, updated=updated, block_sparsity=block_sparsity, calibration=calibration)
+
+    if not method.needs_calibration or plan.scope == "global":
+        context.input_norms = dense_norms
         masks = _select(matrices, score, plan, block_sparsity)
         for matrix in matrices:
             _apply(matrix, masks[matrix.name])
@@ -313,7 +357,11 @@ def prune_model(
 
 
 def _sparsegpt_pass(
-    runner: LayerwiseRunner, matrices: list[PrunableMatrix], plan: PrunePlan, reporter: Reporter
+    runner: LayerwiseRunner,
+    matrices: list[PrunableMatrix],
+    plan: PrunePlan,
+    reporter: Reporter,
+    block_sparsity: dict[int, float] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     masks = PackedMasks()
     updated: dict[str, torch.Tensor] = {}
@@ -327,7 +375,7 @@ def _sparsegpt_pass(
             weight, keep = sparsegpt_prune_matrix(
                 matrix.param.data.to(torch.float32),
                 hessians.hessian(matrix.name),
-                plan.sparsity,
+                plan.sparsity if block_sparsity is None else block_sparsity[index],
                 scope=plan.scope,
                 n_m=plan.n_m,
                 block_size=plan.config.block_size,
@@ -353,6 +401,24 @@ def pruned_bits_per_weight(
         return value_bits * density + 1.0
     n, m = n_m
     return value_bits * n / m + math.ceil(math.log2(math.comb(m, n))) / m
+
+
+def sparsity_for_bits_per_weight(bits_per_weight: float, value_bits: int = VALUE_BITS) -> float:
+    """The unstructured sparsity s whose storage, ``value_bits·(1 − s) + 1`` (kept values plus a bitmap mask),
+    is `bits_per_weight`; JdnaError outside (1, value_bits + 1]."""
+    if not (1 < bits_per_weight <= value_bits + 1) or math.isnan(bits_per_weight):
+        raise JdnaError(
+            f"--bits-per-weight must be in (1, {value_bits + 1}] for pruning (a 1-bit mask plus {value_bits}-bit "
+            f"kept values), got {bits_per_weight}"
+        )
+    return 1 - (bits_per_weight - 1) / value_bits
+
+
+def bits_accounting(n_m: tuple[int, int] | None, value_bits: int = VALUE_BITS) -> str:
+    """How a pruned artifact's bits_per_weight is counted, in words (stated in its record)."""
+    if n_m is None:
+        return f"{value_bits}-bit kept values + 1-bit bitmap mask per weight"
+    return f"{value_bits}-bit kept values + ceil(log2 C({n_m[1]},{n_m[0]})) index bits per group of {n_m[1]}"
 
 
 def mask_statistics(
@@ -389,6 +455,7 @@ def mask_statistics(
         "model_sparsity": pruned / all_params,
         "bits_per_weight": bits,
         "compression_ratio": VALUE_BITS / bits,
+        "bits_accounting": bits_accounting(plan.n_m),
         "matrices": per_matrix,
     }
 

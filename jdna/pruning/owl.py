@@ -4,6 +4,10 @@ Blocks holding more outlier scores (score > M · the block's mean score) are pru
 outlier ratio of block l, the ratios are min-max scaled to [0, 2λ], re-centred so their mean is the target
 density 1 − S, and block l gets sparsity 1 − that value: block sparsities span 2λ, average S, and for
 blocks of equal size the overall sparsity stays S.
+
+The outlier ratios come from the Wanda metric |W|·‖X‖ on the dense model by default, as the reference OWL code
+computes them for every pruning method (magnitude and SparseGPT included), so OWL needs calibration data even with
+magnitude; ``weight`` counts outliers of |W| alone (no activations; not the reference).
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from collections.abc import Callable, Sequence
 import torch
 
 from jdna.errors import JdnaError
+
+OWL_METRICS = ("wanda", "weight")
 
 
 def outlier_ratio(score_fns: Sequence[Callable[[], torch.Tensor]], m: float) -> float:

@@ -2,8 +2,11 @@
 weights to compensate, using the inverse of the layer's input Hessian H = 2/n Σ x xᵀ.
 
 Differences from the reference, on purpose: the number pruned is exact (per block, with the rounding
-carried so the matrix total is round(sparsity · numel)) and ties break by position; columns whose input
-is never active are not zeroed (their weights are kept as they are, since they are not in the mask).
+carried so the matrix total is round(sparsity · numel)) and ties break by position.
+
+As the reference: an input that is never active (Hessian diagonal 0, e.g. a feature the calibration text never
+excites) gets H[i, i] = 1 and its weights W[:, i] are zeroed before any selection, so they have saliency 0,
+are pruned first and count toward the pruning budget (the remaining budget goes to live weights).
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ def sparsegpt_prune_matrix(
                 f"N:M pattern {n}:{m} needs input dimensions divisible by {m}; a matrix has {cols}"
             )
         block_size = max(m, (block_size // m) * m)
+    dead = torch.diag(hessian.to(w.device)) == 0
+    w[:, dead] = 0  # what the layer never sees costs nothing to drop: these zeros fill the budget first
     u = inverse_hessian_factor(hessian.to(w.device), damp)
     keep = torch.ones(rows, cols, dtype=torch.bool, device=w.device)
     pruned_so_far = 0
@@ -101,6 +106,7 @@ def sparsegpt_prune_matrix(
 class SparseGPT(ReconstructionMethod):
     name = "sparsegpt"
     description = "OBS-based mask choice with weight reconstruction (calibrated; per matrix)"
+    supports_owl = True  # the reference OWL code has a SparseGPT path: per-block sparsities, then SparseGPT
 
 
 METHODS.add("sparsegpt", SparseGPT())

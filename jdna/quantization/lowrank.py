@@ -62,6 +62,15 @@ def rank_for_ratio(rank_ratio: float, rows: int, cols: int) -> int:
     return max(1, min(min(rows, cols), math.floor(ratio * min(rows, cols) + 0.5)))
 
 
+def rank_for_bits_per_weight(bits_per_weight: float, rows: int, cols: int, value_bits: int = 16) -> int:
+    """The rank whose two factors, stored at ``value_bits`` a value, cost closest to ``bits_per_weight`` per
+    original weight: ``round(B·rows·cols / (value_bits·(rows + cols)))``, halves up, within [1, min(rows, cols)]."""
+    if isinstance(bits_per_weight, bool) or not isinstance(bits_per_weight, (int, float)) or not bits_per_weight > 0:
+        raise JdnaError(f"bits_per_weight={bits_per_weight!r} must be a positive number of bits, e.g. 4")
+    exact = bits_per_weight * rows * cols / (value_bits * (rows + cols))
+    return max(1, min(min(rows, cols), math.floor(exact + 0.5)))
+
+
 def rank_for_energy(singular_values: torch.Tensor, energy: float) -> int:
     """Smallest ``r`` whose top ``r`` singular values hold at least ``energy`` of ``sum s_i^2``."""
     target = _in_unit_interval("energy", energy)
@@ -76,17 +85,21 @@ def rank_for_energy(singular_values: torch.Tensor, energy: float) -> int:
 
 
 def low_rank(
-    weight: torch.Tensor, rank_ratio: float | None = None, energy: float | None = None
+    weight: torch.Tensor,
+    rank_ratio: float | None = None,
+    energy: float | None = None,
+    rank: int | None = None,
 ) -> LowRankFactors:
-    """Best rank-``r`` approximation of a 2-D ``weight``; give exactly one of the two selectors.
+    """Best rank-``r`` approximation of a 2-D ``weight``; give exactly one of the three selectors.
 
     Args:
         weight: floating-point ``(rows, cols)`` matrix.
         rank_ratio: ``r = max(1, round(rank_ratio * min(rows, cols)))``, in (0, 1].
         energy: smallest ``r`` keeping this fraction of ``sum s_i^2``, in (0, 1].
+        rank: ``r`` itself, in [1, min(rows, cols)] (e.g. from :func:`rank_for_bits_per_weight`).
     """
-    if (rank_ratio is None) == (energy is None):
-        raise JdnaError("give exactly one of rank_ratio or energy to choose the rank, e.g. rank_ratio=0.5")
+    if sum(selector is not None for selector in (rank_ratio, energy, rank)) != 1:
+        raise JdnaError("give exactly one of rank_ratio, energy or rank to choose the rank, e.g. rank_ratio=0.5")
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or not weight.is_floating_point():
         what = (
             f"shape {tuple(weight.shape)}, dtype {weight.dtype}"
@@ -102,6 +115,11 @@ def low_rank(
     # Validate the selector before paying for the SVD.
     if rank_ratio is not None:
         rank = rank_for_ratio(rank_ratio, rows, cols)
+    elif rank is not None:
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= min(rows, cols):
+            raise JdnaError(
+                f"rank={rank!r} must be a whole number in [1, {min(rows, cols)}] for a {rows}x{cols} matrix"
+            )
     else:
         _in_unit_interval("energy", energy)  # type: ignore[arg-type]
     u, s, vh = torch.linalg.svd(weight.detach().double(), full_matrices=False)

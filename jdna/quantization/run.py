@@ -21,7 +21,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from jdna.appliers import masks_of
 from jdna.artifact import (
     Artifact,
     artifact_id,
@@ -35,14 +34,15 @@ from jdna.artifact import (
 from jdna.calibration import (
     HessianAccumulator,
     LayerwiseRunner,
+    calibration_identity,
     calibration_samples,
+    check_calibration_spec,
     collect_inputs,
     read_calibration_text,
 )
 from jdna.errors import JdnaError, unknown_name_error
-from jdna.io import sha256_file
+from jdna.masks import effective_masks
 from jdna.models import ModelRef, load_model
-from jdna.paths import expand
 from jdna.progress import Reporter
 from jdna.prunable import PrunableMatrix, prunable_matrices
 from jdna.quantization.accounting import (
@@ -54,12 +54,15 @@ from jdna.quantization.accounting import (
 )
 from jdna.quantization.appliers import decode_quantized, reconstruct_lowrank
 from jdna.quantization.gptq import gptq_quantize
-from jdna.quantization.lowrank import low_rank
+from jdna.quantization.lowrank import low_rank, rank_for_bits_per_weight
 from jdna.quantization.packing import pack_codes
 from jdna.quantization.rtn import QuantizedMatrix, quantize_rtn
 from jdna.quantization.spec import GRANULARITIES, MAX_BITS, MIN_BITS, QuantSpec
 
 QUANT_METHODS = ("rtn", "gptq")
+# How bits_per_weight is counted (stated in every record; docs/methods.md, "The compression axis").
+QUANTIZED_BITS = "b-bit codes + a float16 scale per group (+ b-bit zero-point if asymmetric) + 1-bit mask if carried"
+LOWRANK_BITS = "float16 factors: 16·r·(rows + cols) bits per rows×cols matrix"
 # Scales and factors are stored as float16, the reference precision of the compression axis, so the
 # accounting's 16 bits per stored value is what the file really holds.
 STORED_FLOAT = torch.float16
@@ -119,7 +122,7 @@ class QuantizePlan:
                 seed=c.seed,
                 calib_samples=c.calib_samples,
                 calib_seqlen=c.calib_seqlen,
-                calib="c4" if c.calib in (None, "c4") else {"sha256": sha256_file(expand(c.calib))},
+                calib=calibration_identity(c.calib),
                 block_size=c.block_size,
                 damp=c.damp,
                 act_order=c.act_order,
@@ -132,8 +135,7 @@ def _check_calibration_flags(calib: str | None, samples: int, seqlen: int) -> No
         raise JdnaError("--calib-samples must be at least 1")
     if seqlen < 2:
         raise JdnaError("--calib-seqlen must be at least 2")
-    if calib not in (None, "c4") and not expand(calib).is_file():
-        raise JdnaError(f"calibration file '{calib}' does not exist: pass --calib with a .txt or .jsonl file")
+    check_calibration_spec(calib)
 
 
 def plan_quantize(config: QuantizeConfig) -> QuantizePlan:
@@ -173,20 +175,11 @@ def plan_quantize(config: QuantizeConfig) -> QuantizePlan:
 def inherited_masks(ref: ModelRef) -> dict[str, torch.Tensor]:
     """Keep-masks the model `ref` names still obeys, keyed by canonical parameter name.
 
-    For each matrix the newest step that touched it decides: a step carrying a mask for it (pruned, or
-    quantized from a pruned parent) gives that mask; a step that rewrote it densely (lowrank, or a
-    quantization without mask) means no mask. :func:`quantize_model` also checks the weights really are
-    zero where the mask says pruned, so a step of an unknown kind cannot smuggle a stale mask in.
+    The one rule of :func:`jdna.masks.effective_masks`: per matrix, the newest step that touched it decides.
+    :func:`quantize_model` also checks the weights really are zero where the mask says pruned, so a step of an
+    unknown kind cannot smuggle a stale mask in.
     """
-    decided: dict[str, torch.Tensor | None] = {}
-    for artifact in reversed(ref.chain):
-        for name, keep in masks_of(artifact).items():
-            decided.setdefault(name, keep)
-        for name in artifact.header.get("quant", {}):
-            decided.setdefault(name, None)
-        for name in artifact.header.get("lowrank", {}):
-            decided.setdefault(name, None)
-    return {name: keep for name, keep in decided.items() if keep is not None}
+    return effective_masks(ref.chain)
 
 
 # --- quantize: the work --------------------------------------------------------------------------------
@@ -330,6 +323,7 @@ def quantize_model(
         "samples": int(calib.input_ids.shape[0]),
         "seqlen": calib.seqlen,
         "text_tokens": calib.total_tokens,
+        "text": calibration_identity(config.calib),
     }
     runner = LayerwiseRunner(model, calib.input_ids)
     for index, block in runner.iter_blocks():
@@ -402,6 +396,7 @@ def quantize_statistics(
         "model_sparsity": pruned / all_params,
         # Over the whole set: sqrt(Σ‖W−Ŵ‖² / Σ‖W‖²).
         "relative_error": set_relative_error(outcome.errors.values()),
+        "bits_accounting": QUANTIZED_BITS,
         "matrices": per_matrix,
     }
 
@@ -497,20 +492,30 @@ def run_quantize(
 
 @dataclass
 class LowRankConfig:
-    """Exactly one of `rank_ratio` (rank = ratio · min(rows, cols)) and `energy` (spectral energy kept)."""
+    """Exactly one of `rank_ratio` (rank = ratio · min(rows, cols)), `energy` (spectral energy kept) and
+    `bits_per_weight` (per matrix, the rank whose float16 factors cost closest to that many bits a weight)."""
 
     rank_ratio: float | None = None
     energy: float | None = None
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    bits_per_weight: float | None = None
 
     def params(self) -> dict[str, Any]:
         params: dict[str, Any] = {"method": "svd", "include": list(self.include), "exclude": list(self.exclude)}
         if self.rank_ratio is not None:
             params["rank_ratio"] = self.rank_ratio
+        elif self.bits_per_weight is not None:
+            params["target_bits_per_weight"] = self.bits_per_weight
         else:
             params["energy"] = self.energy
         return params
+
+    def rank_for(self, rows: int, cols: int) -> dict[str, Any]:
+        """The selector `low_rank` takes for one matrix."""
+        if self.bits_per_weight is not None:
+            return {"rank": rank_for_bits_per_weight(self.bits_per_weight, rows, cols, DENSE_BITS)}
+        return {"rank_ratio": self.rank_ratio, "energy": self.energy}
 
 
 def _in_unit_interval(flag: str, value: float) -> None:
@@ -520,10 +525,20 @@ def _in_unit_interval(flag: str, value: float) -> None:
 
 def plan_lowrank(config: LowRankConfig) -> LowRankConfig:
     """Validate before any model is loaded; raises JdnaError (exit 2) on bad input."""
-    if config.rank_ratio is not None and config.energy is not None:
-        raise JdnaError("give one of --rank-ratio and --energy, not both")
-    if config.rank_ratio is None and config.energy is None:
-        raise JdnaError("give --rank-ratio R (fraction of full rank, e.g. 0.5) or --energy E (e.g. 0.9)")
+    given = [flag for flag, value in (("--rank-ratio", config.rank_ratio), ("--energy", config.energy),
+                                      ("--bits-per-weight", config.bits_per_weight)) if value is not None]
+    if len(given) > 1:
+        raise JdnaError(
+            f"give one of --rank-ratio, --energy and --bits-per-weight, not both {given[0]} and {given[1]}"
+        )
+    if not given:
+        raise JdnaError(
+            "give --rank-ratio R (fraction of full rank, e.g. 0.5), --energy E (e.g. 0.9) or --bits-per-weight B "
+            "(e.g. 4)"
+        )
+    bits = config.bits_per_weight
+    if bits is not None and not (bits > 0 and math.isfinite(bits)):
+        raise JdnaError(f"--bits-per-weight must be a positive number of bits (e.g. 4), got {config.bits_per_weight}")
     if config.rank_ratio is not None:
         _in_unit_interval("--rank-ratio", config.rank_ratio)
     if config.energy is not None:
@@ -550,7 +565,7 @@ def lowrank_model(
     errors: dict[str, tuple[float, float]] = {}
     for done, matrix in enumerate(matrices, 1):
         original = matrix.param.detach().cpu().to(torch.float32)
-        factors = low_rank(original, rank_ratio=config.rank_ratio, energy=config.energy)
+        factors = low_rank(original, **config.rank_for(*original.shape))
         left = factors.left.to(STORED_FLOAT).contiguous()
         right = factors.right.to(STORED_FLOAT).contiguous()
         if not (bool(torch.isfinite(left).all()) and bool(torch.isfinite(right).all())):
@@ -613,6 +628,7 @@ def lowrank_statistics(
         "mean_rank_ratio": sum(ratios) / len(ratios),
         "relative_error": set_relative_error(errors.values()),
         "ranks": {name: item.entry["rank"] for name, item in stored.items()},
+        "bits_accounting": LOWRANK_BITS,
         "matrices": per_matrix,
     }
 
@@ -637,12 +653,19 @@ def run_lowrank(
     started = time.perf_counter()
     model, _ = load_model(ref)
     prunable_matrices(model, config.include, config.exclude)  # bad globs fail before the first log line
-    how = f"rank ratio {config.rank_ratio:g}" if config.rank_ratio is not None else f"energy {config.energy:g}"
+    if config.rank_ratio is not None:
+        how = f"rank ratio {config.rank_ratio:g}"
+    elif config.bits_per_weight is not None:
+        how = f"rank per matrix for {config.bits_per_weight:g} bits per weight (float16 factors)"
+    else:
+        how = f"energy {config.energy:g}"
     reporter.log(f"loaded {ref.display_name}; truncated SVD per matrix, {how}")
-    if any(masks_of(artifact) for artifact in ref.chain):
+    if effective_masks(ref.chain):
         reporter.log("the factors are dense: a parent's pruning mask is not kept")
     stored, errors = lowrank_model(model, config, reporter)
     stats = lowrank_statistics(model, stored, errors)
+    if config.bits_per_weight is not None:
+        stats["target_bits_per_weight"] = config.bits_per_weight
     stats["seconds"] = round(time.perf_counter() - started, 3)
     tensors: dict[str, torch.Tensor] = {}
     for name, item in stored.items():

@@ -362,3 +362,9 @@ def load_hub(name: str, *, subject: str | None = None) -> Task:
         assert task.prompt_format == MMLU_FORMAT
         return task
     raise unknown_name_error("hub task", name, HUB_TASKS)
+
+
+def hub_unreachable() -> bool:
+    """Offline by environment, or the hub's port does not answer within PROBE_TIMEOUT_S (a fast check before
+    a `datasets` call that would otherwise retry for minutes)."""
+    return _env_offline() or not _hub_reachable()
