@@ -47,6 +47,7 @@ class Scenario:
     dense: tuple[float, ...] = (0.80, 0.75, 0.70, 0.65)
     options: tuple[int, ...] | None = None  # the options axis: drops are shares of above-chance skill
     levels: int = 1  # compression levels, each with the same true drops (a family Holm corrects over)
+    repeat: int = 1  # datasets × this: the error rates of no-effect scenarios need more of them to be precise
 
     @property
     def true_slope(self) -> float:
@@ -125,9 +126,9 @@ def scenarios() -> list[Scenario]:
     null, small, large = (0.1, 0.1, 0.1, 0.1), (0.0, 0.03, 0.06, 0.09), (0.0, 0.1, 0.2, 0.3)
     options_dense = (0.85, 0.70, 0.60, 0.50)
     return [
-        Scenario("no effect, n=56", null, 56),
-        Scenario("no effect, n=200", null, 200),
-        Scenario("no effect, n=1000", null, 1000),
+        Scenario("no effect, n=56", null, 56, repeat=3),
+        Scenario("no effect, n=200", null, 200, repeat=3),
+        Scenario("no effect, n=1000", null, 1000, repeat=3),
         Scenario("no effect, 5 levels (Holm), n=200", null, 200, levels=5),
         Scenario("no effect, 3 seeds (σ=0.03), n=200", null, 200, seeds=3, seed_sd=0.03),
         Scenario("trend 0.03/level, n=56", small, 56),
@@ -135,10 +136,11 @@ def scenarios() -> list[Scenario]:
         Scenario("trend 0.03/level, n=1000", small, 1000),
         Scenario("trend 0.03/level, n=2000", small, 2000),
         Scenario("trend 0.03/level, 3 seeds (σ=0.03), n=1000", small, 1000, seeds=3, seed_sd=0.03),
+        Scenario("trend 0.03/level, 2 seeds (σ=0.05), n=1000", small, 1000, seeds=2, seed_sd=0.05),
         Scenario("trend 0.1/level, n=56", large, 56),
         Scenario("reversed trend 0.03/level, n=1000", small[::-1], 1000),
         Scenario("options 2–5, keeps 70% of above-chance skill, n=1000", (0.3,) * 4, 1000,
-                 dense=options_dense, options=(2, 3, 4, 5)),
+                 dense=options_dense, options=(2, 3, 4, 5), repeat=2),
         Scenario("options 2–5, above-chance drop 0.03/level, n=1000", small, 1000, dense=options_dense,
                  options=(2, 3, 4, 5)),
     ]
@@ -147,18 +149,20 @@ def scenarios() -> list[Scenario]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", type=int, default=200, help="simulated studies per scenario")
-    parser.add_argument("--resamples", type=int, default=300, help="bootstrap resamples per analysis")
+    parser.add_argument("--resamples", type=int, default=200, help="bootstrap resamples per analysis")
     parser.add_argument("--only", default=None, help="run scenarios whose name contains this text")
     args = parser.parse_args(argv)
     print(f"{args.datasets} datasets per scenario, {args.resamples} bootstrap resamples each\n")
-    print("| scenario | true slope | monotone | not monotone | inconclusive | slope CI coverage | underpowered |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| scenario | datasets | true slope | monotone | not monotone | inconclusive | slope CI coverage | "
+          "underpowered |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     started = time.perf_counter()
     for scenario in scenarios():
         if args.only and args.only not in scenario.name:
             continue
-        rates = run(scenario, args.datasets, args.resamples)
-        print(f"| {scenario.name} | {scenario.true_slope:+.3f} | {rates['monotone']:.1%} | "
+        datasets = args.datasets * scenario.repeat
+        rates = run(scenario, datasets, args.resamples)
+        print(f"| {scenario.name} | {datasets} | {scenario.true_slope:+.3f} | {rates['monotone']:.1%} | "
               f"{rates['not monotone']:.1%} | {rates['inconclusive']:.1%} | {rates['coverage']:.1%} | "
               f"{rates['underpowered']:.0%} |", flush=True)
     print(f"\n({time.perf_counter() - started:.0f} s)")

@@ -273,6 +273,7 @@ def test_perplexity_records_normalise_inverted_and_bootstrap_over_tokens() -> No
 
 def test_perfectly_monotone_sweep_is_monotone_at_every_level() -> None:
     result = analyse(sweep(), n_resamples=200)
+    assert any("2–4 seeds" in note and "5 or more seeds" in note for note in result.notes)
     (group,) = result.groups
     assert group["task"] == TASK and group["compression_kind"] == "pruned" and group["axis"] == "shots:harder=lower"
     assert [lv["level"] for lv in group["levels"]] == [0.2, 0.5, 0.7]

@@ -178,3 +178,14 @@ def test_long_y_labels_break_before_their_parenthesis() -> None:
     assert _fit_axis_label("A label far longer than any panel is tall, without brackets") == (
         "A label far longer than any panel is tall, without brackets"
     )
+
+
+def test_options_plots_are_chance_corrected_and_name_near_chance_levels() -> None:
+    from tests.test_analysis import options_records
+
+    figure = plot_sparsity(options_records(dense_acc=(0.85, 0.7, 0.6, 0.21)), n_resamples=50)
+    (ax,) = figure.axes
+    assert "above-chance share kept" in ax.get_ylabel()
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert texts == ["2", "3", "4", "5 (dense near chance)"]
+    assert len(ax.collections) == 3  # no band where the interval is meaningless

@@ -142,8 +142,13 @@ def _axis_title(axis_spec: str) -> str:
 
 def _metric_label(group: dict[str, Any]) -> str:
     metric = group.get("metric")
-    label = f"Normalised {metric}" if metric else "Normalised performance"
-    return label + (", chance-corrected" if group.get("scale") == "chance-corrected" else "")
+    return f"Normalised {metric}" if metric else "Normalised performance"
+
+
+def _ratio_label(group: dict[str, Any]) -> str:
+    if group.get("scale") == "chance-corrected":
+        return " (above-chance share kept)"
+    return " (compressed / dense)"
 
 
 def _group_title(group: dict[str, Any], with_method: bool = True) -> str:
@@ -169,22 +174,25 @@ def _difficulty_series(group: dict[str, Any], x_of: Any, dense_x: float | None) 
     """One series per difficulty level of a group: normalised performance against `x_of(level)`, starting at
     the dense model (normalised 1) when `dense_x` is given; bands = the bootstrap 95% intervals."""
     series = []
-    axis_name = group["axis"].split(":")[0]
     for style, label in enumerate(_points(group)):
         xs, ys, lo, hi = [], [], [], []
-        banded = False
+        banded = flagged = False
         if dense_x is not None:
             xs.append(dense_x), ys.append(1.0), lo.append(1.0), hi.append(1.0)
         for level in group["levels"]:
             if label not in level["labels"]:
                 continue
             p = level["labels"].index(label)
-            xs.append(x_of(level)), ys.append(level["normalised"][p])
+            y = level["normalised"][p]
+            xs.append(x_of(level)), ys.append(math.nan if y is None else y)
             ci = level["normalised_ci95"][p]
+            # Near chance the ratio's interval is unbounded and says nothing: such points are named, not banded.
+            if level.get("near_chance") and level["near_chance"][p]:
+                flagged, ci = True, None
             banded |= bool(ci)
-            lo.append(ci[0] if ci else level["normalised"][p])
-            hi.append(ci[1] if ci else level["normalised"][p])
-        name = label if axis_name == "gap" else f"{label}"
+            lo.append(ci[0] if ci else ys[-1])
+            hi.append(ci[1] if ci else ys[-1])
+        name = label + (" (dense near chance)" if flagged else "")
         series.append(Series(name.removeprefix("bigbench:"), xs, ys, lo if banded else None, hi if banded else None,
                              style))
     return series
@@ -200,7 +208,7 @@ def sparsity_chart(analysis: Analysis | dict[str, Any]) -> Chart:
         title = _group_title(group)
         if group.get("transfer"):
             title += f", {group['transfer']} transfer"
-        panels.append(Panel(title, "Sparsity", _metric_label(group) + " (compressed / dense)",
+        panels.append(Panel(title, "Sparsity", _metric_label(group) + _ratio_label(group),
                             _difficulty_series(group, lambda lv: lv["level"], 0.0),
                             legend_title=_axis_title(group["axis"])))
     return Chart("sparsity", panels)
