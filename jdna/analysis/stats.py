@@ -69,7 +69,7 @@ def normal_sf(z: float) -> float:
 
 _erfc = np.vectorize(math.erfc, otypes=[float])
 # Log-spaced grid over u = χ²_df / df for the t mixture below.
-_LOG_U = np.linspace(math.log(1e-9), math.log(1e3), 1200)
+_LOG_U = np.linspace(math.log(1e-9), math.log(1e3), 400)
 
 
 def upper_tail(estimate: float, var_item: float, var_seed: float, df: int) -> float:
