@@ -10,7 +10,7 @@ from tabulate import tabulate
 
 from jdna.analysis import BaselineTable, analyse, load_records, parse_axis
 from jdna.analysis.difficulty import RECOVERY_MARGIN
-from jdna.analysis.stats import ALPHA, MIN_TREND
+from jdna.analysis.stats import ALPHA, MIN_LEVELS, MIN_TREND
 from jdna.commands.common import console, emit
 from jdna.errors import JdnaError
 from jdna.io import canonical_json, sha256_text, write_json_atomic
@@ -96,6 +96,8 @@ def compression_table(record: dict[str, Any]) -> str:
     for group in record["groups"]:
         name = _group_name(group)
         for cell in group.get("across_compression", []):
+            if len(cell["levels"]) < MIN_LEVELS:
+                continue
             points = "  ".join(f"{lv:g}:{'n/a' if v is None else f'{v:.3f}'}"
                                for lv, v in zip(cell["levels"], cell["normalised"]))
             rows.append([name, f"{group['axis'].split(':')[0]}={cell['label']}", points, _slope(cell),
@@ -198,8 +200,9 @@ def difficulty(
     console.print(table(record), markup=False, highlight=False, soft_wrap=True)
     for line in _reasons(record):
         console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
-    if any(g.get("across_compression") for g in record["groups"]):
-        console.print("\nacross compression (per difficulty level, is the drop monotone in the compression?):")
+    if any(len(c["levels"]) >= MIN_LEVELS for g in record["groups"] for c in g.get("across_compression", [])):
+        console.print("\nacross compression (per difficulty level, is the drop monotone in the compression?):",
+                      soft_wrap=True)
         console.print(compression_table(record), markup=False, highlight=False, soft_wrap=True)
     if record["irreversibility"]:
         console.print("\nirreversibility (after fine-tuning, against dense transfer; gap/drop > 0 = worse):")
