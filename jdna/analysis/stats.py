@@ -402,13 +402,15 @@ def trend(points: Sequence[Point], n_resamples: int, rng: np.random.Generator,
     rho, tau = spearman_rho(ranks, drops), kendall_tau_b(ranks, drops)
     var_item = float(weights @ cov_item @ weights)
     var_seed = float(s2 * (weights**2 / seeds).sum())
+    stated = power(var_item, var_seed, weights, s2, [p.items for p in points], seeds, df, min_trend)
+    stated["slope_ci_width"] = slope_ci[1] - slope_ci[0] if slope_ci else None
     return Trend(
         drops=drops, draws=draws, slope=slope, slope_ci=slope_ci, p_increase=p_increase, p_decrease=p_decrease,
         p_reversed=p_reversed, rho=rho,
         spearman={"value": _finite_or_none(rho), "ci95": rho_ci},
         kendall={"value": _finite_or_none(tau), "ci95": tau_ci},
         violations=violations(list(ranks), list(drops)),
-        power=power(var_item, var_seed, weights, s2, [p.items for p in points], seeds, df, min_trend),
+        power=stated,
         seed_df=df,
     )
 
