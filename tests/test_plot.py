@@ -189,3 +189,12 @@ def test_options_plots_are_chance_corrected_and_name_near_chance_levels() -> Non
     texts = [t.get_text() for t in ax.get_legend().get_texts()]
     assert texts == ["2", "3", "4", "5 (dense near chance)"]
     assert len(ax.collections) == 3  # no band where the interval is meaningless
+    # A dense model exactly at chance leaves the chance-corrected value undefined: every kind still draws.
+    at_chance = options_records(dense_acc=(0.5, 0.7, 0.6, 0.5))
+    for record in options_records(dense_acc=(0.5, 0.7, 0.6, 0.5)):
+        if record["model"]["compression"]["method"] != "dense":
+            record["model"]["compression"] = {"kind": "quantized", "method": "rtn", "bits_per_weight": 4.0}
+            record["id"] += "-q"
+            at_chance.append(record)
+    for draw in (plot_sparsity, plot_methods, plot_spearman, plot_trend):
+        assert draw(at_chance, n_resamples=20).axes

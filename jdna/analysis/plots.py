@@ -238,6 +238,8 @@ def methods_chart(analysis: Analysis | dict[str, Any]) -> Chart:
                 if label in level["labels"] and level["bits_per_weight"] is not None:
                     p = level["labels"].index(label)
                     y = level["normalised"][p]
+                    if y is None:  # undefined (e.g. a dense model exactly at chance): nothing to draw
+                        continue
                     ci = level["normalised_ci95"][p] or [y, y]
                     xs.append(level["bits_per_weight"]), ys.append(y), lo.append(ci[0]), hi.append(ci[1])
             name = f"{KIND_LABELS.get(method[0], method[0])} ({method[1]})"
