@@ -9,6 +9,7 @@ import typer
 
 from jdna.analysis import BaselineTable, load_records, parse_axis
 from jdna.analysis.plots import KIND_NAMES, analysis_of, auto_kind, build_chart, kind_number, render, text_chart
+from jdna.analysis.stats import MIN_TREND
 from jdna.commands.common import console, emit
 from jdna.errors import JdnaError
 from jdna.paths import expand
@@ -30,7 +31,8 @@ def plot(
         typer.Option(
             help="auto, or 1/sparsity (normalised performance vs sparsity per difficulty level), 2/methods "
             "(pruning vs quantization vs low-rank on bits per weight), 3/transfer (transfer settings side by "
-            "side), 4/lmc (LMC curves), 5/spearman (ρ per level with its interval)."
+            "side), 4/lmc (LMC curves), 5/spearman (ρ per level with its interval), 6/trend (slope of the drop "
+            "per difficulty step per level, with its interval and verdict)."
         ),
     ] = "auto",
     axis: Annotated[
@@ -42,6 +44,12 @@ def plot(
     ] = None,
     resamples: Annotated[int, typer.Option(help="Bootstrap resamples for bands and intervals.")] = 1000,
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+    min_trend: Annotated[
+        float, typer.Option(help="Smallest trend worth detecting (drop per difficulty step), as for jdna difficulty.")
+    ] = MIN_TREND,
+    gap_normalise: Annotated[
+        str, typer.Option(help="Across-task difficulty: gap ÷ dense score ('dense') or ÷ human score ('human').")
+    ] = "dense",
     dpi: Annotated[int, typer.Option(help="Resolution of PNG output.")] = 200,
     title: Annotated[str | None, typer.Option(help="Figure title (default: none, as papers caption figures).")] = None,
 ) -> None:
@@ -66,7 +74,7 @@ def plot(
     else:
         axes = [parse_axis(a) for a in axis] if axis else None
         analysis = analysis_of(loaded, axes=axes, baselines=BaselineTable.load(baselines), n_resamples=resamples,
-                               seed=seed)
+                               seed=seed, min_trend=min_trend, gap_normalise=gap_normalise)
     chart = build_chart(number, loaded, analysis)
     chart.title = title
     record = {"kind": "plot", "path": None, "plot_kind": KIND_NAMES[number], "panels": len(chart.panels),

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from jdna.analysis import analyse, kendall_tau_b, load_records, parse_axis, spearman_rho, verdict
+from jdna.analysis import analyse, kendall_tau_b, load_records, parse_axis, spearman_rho
 from jdna.analysis.baselines import BaselineTable, human_gap, read_baselines, shipped_baselines
-from jdna.analysis.difficulty import normalise
-from jdna.analysis.stats import resample_points, resample_records, violations
+from jdna.analysis.difficulty import match_dense, normalise
+from jdna.analysis.stats import Point, holm, item_draws, trend, upper_tail, violations
 from jdna.errors import JdnaError
 from jdna.io import canonical_json, sha256_text
 from tests.cli import run
@@ -152,34 +153,86 @@ def test_rank_correlations_of_monotone_reversed_and_tied_sets() -> None:
     assert math.isnan(spearman_rho([1, 2, 3], [5, 5, 5]))
 
 
-def test_violations_and_verdict_rule() -> None:
+def test_violations_holm_and_tail_probabilities() -> None:
     assert violations([0, 1, 2, 3], [0.1, 0.2, 0.3, 0.4]) == []
     assert violations([0, 1, 2], [0.1, 0.3, 0.2]) == [(1, 2)]
     assert violations([0, 1, 1], [0.1, 0.3, 0.2]) == []  # equally hard: no order to violate
-    assert verdict(4, 1.0, [0.6, 1.0]) == "monotone"
-    assert verdict(4, 0.9, [-0.2, 1.0]) == "inconclusive"
-    assert verdict(4, -0.4, [-1.0, 0.9]) == "not monotone"
-    assert verdict(4, 0.4, [0.1, 0.6]) == "not monotone"
-    assert verdict(2, 1.0, [1.0, 1.0]) == "inconclusive"  # fewer than 3 difficulty levels
-    assert verdict(4, 1.0, None) == "inconclusive"  # no interval
-    assert verdict(4, math.nan, [0.1, 0.2]) == "inconclusive"
+    # Holm by hand: sorted p = .01, .02, .04 → 3·.01, max(.03, 2·.02), max(.04, 1·.04); NaN is not a test.
+    assert holm([0.04, 0.01, math.nan, 0.02]) == pytest.approx([0.04, 0.03, math.nan, 0.04], nan_ok=True)
+    assert holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])
+    # Pure item noise is a normal tail; pure seed noise a Student t tail (t_{0.975} of 1, 2 and 4 df).
+    assert upper_tail(1.959964, 1.0, 0.0, 0) == pytest.approx(0.025, abs=1e-6)
+    assert upper_tail(2 * 1.644854, 4.0, 0.0, 0) == pytest.approx(0.05, abs=1e-6)
+    for df, quantile in ((1, 12.7062), (2, 4.30265), (4, 2.77645)):
+        assert upper_tail(quantile, 0.0, 1.0, df) == pytest.approx(0.025, abs=2e-4)
+    # Both: wider than either part alone.
+    assert upper_tail(2.0, 1.0, 0.0, 0) < upper_tail(2.0, 0.5, 0.5, 3) < upper_tail(2.0, 0.0, 1.0, 3)
 
 
-def test_item_bootstrap_shares_items_and_seed_bootstrap_mixes() -> None:
+def test_trend_slope_interval_and_power_by_hand() -> None:
+    rng = np.random.default_rng(0)
+    estimates = np.array([0.95, 0.90, 0.88, 0.80])
+    sd, b = 0.01, 20000
+    points = [Point(float(v), v + sd * rng.standard_normal(b), [float(v)], items=400) for v in estimates]
+    t = trend(points, b, np.random.default_rng(1), min_trend=0.03)
+    drops = 1 - estimates
+    assert t.slope == pytest.approx(np.polyfit(np.arange(4), drops, 1)[0])  # least-squares slope on rank
+    # Independent point noise: var(slope) = sd² Σ w², w = (r − r̄)/Σ(r − r̄)² = (−1.5, −.5, .5, 1.5)/5.
+    se = sd * math.sqrt((1.5**2 * 2 + 0.5**2 * 2) / 25)
+    assert t.power["slope_se"] == pytest.approx(se, rel=0.03)
+    assert t.p_increase == pytest.approx(0.5 * math.erfc(t.slope / se / math.sqrt(2)), rel=0.2)
+    assert t.slope_ci[0] == pytest.approx(t.slope - 1.96 * se, abs=3e-4)
+    mde = (1.959964 + 0.841621) * t.power["slope_se"]
+    assert t.power["min_detectable_trend"] == pytest.approx(mde)
+    # Item noise shrinks as 1/items: the items that bring the detectable trend down to 0.03.
+    assert t.power["items_needed"] == math.ceil(400 * (mde / 0.03) ** 2)
+    assert t.power["underpowered"] == (mde > 0.03)
+    # The pair (0.90 → 0.88) is in order; reverse it and that pair carries the evidence.
+    assert t.p_reversed[1] > 0.5
+    # Ties are rounded before ranking: float noise does not make a violation or change ρ.
+    tied = trend([Point(0.9, None, [0.9, 0.91]), Point(0.8, None, [0.8, 0.81]),
+                  Point(0.8 + 1e-13, None, [0.8, 0.81]), Point(0.7, None, [0.7, 0.71])], 100, rng)
+    assert tied.violations == [] and tied.rho == pytest.approx(spearman_rho([0, 1, 2, 3], [1, 2, 2, 3]))
+
+
+def test_few_seeds_keep_coverage() -> None:
+    """Seed noise only, 2 seeds per level: the t-based seed term keeps the slope interval's coverage near 95%
+    (resampling 2 seeds with replacement would give a far narrower interval) and false trends rare."""
+    rng = np.random.default_rng(0)
+    covered = monotone = 0
+    runs = 200
+    for run_index in range(runs):
+        points = []
+        for _ in range(4):
+            replicates = list(0.9 + 0.03 * rng.standard_normal(2))
+            points.append(Point(float(np.mean(replicates)), None, replicates))
+        t = trend(points, 400, np.random.default_rng(run_index))
+        covered += t.slope_ci[0] <= 0.0 <= t.slope_ci[1]
+        monotone += t.p_increase <= 0.025
+    assert 0.92 <= covered / runs <= 0.98 and monotone / runs <= 0.05
+
+
+def test_item_draws_are_paired_and_seeded_by_content() -> None:
+    from jdna.analysis.stats import item_data
+
     a = eval_record(acc=0.8, n=50)
     b = eval_record(acc=0.6, n=50, kind="pruned", level=0.5)
     a["per_item"]["ids"].reverse(), a["per_item"]["values"].reverse()  # same items, other order
-    samples, ok = resample_records([a, b], [0.8, 0.6], 200, seed=1)
-    assert ok == [True, True] and samples.shape == (2, 200)
+    da, db = item_data(a, 0.8), item_data(b, 0.6)
+    draws = item_draws([da, db], 200, seed=1)
+    assert draws.shape == (2, 200)
     # b's correct items are a subset of a's, so with shared draws b never beats a.
-    assert (samples[1] <= samples[0]).all() and samples[0].std() > 0
-    fixed, ok = resample_records([{"primary_metric": "acc"}], [0.5], 10)
-    assert ok == [False] and (fixed == 0.5).all()
-    boot = resample_points([np.array([[1.0] * 5, [3.0] * 5])], seed=0)
-    assert boot.shape == (5, 1) and set(boot[:, 0]) <= {1.0, 2.0, 3.0}
+    assert (draws[1] <= draws[0]).all() and draws[0].std() > 0
+    # The draw depends on the item ids and the seed only: alone or in company, in any order.
+    assert np.array_equal(item_draws([db], 200, seed=1)[0], draws[1])
+    assert not np.array_equal(item_draws([db], 200, seed=2)[0], draws[1])
+    # Restricting to common items keeps each item's value.
+    sub = db.subset(db.ids[:10])
+    assert sub.ids == db.ids[:10] and np.array_equal(sub.values, db.values[:10])
 
 
 def test_corpus_metrics_are_rescored_from_predictions() -> None:
+    from jdna.analysis.stats import item_data
     from jdna.metrics import matthews_corrcoef
 
     rng = np.random.default_rng(3)
@@ -191,11 +244,12 @@ def test_corpus_metrics_are_rescored_from_predictions() -> None:
     record["metrics"] = {"matthews": {"value": mcc, "ci95": None}}
     record["per_item"].update(values=(predictions == golds).astype(float).tolist(),
                               predictions=predictions.tolist(), golds=golds.tolist())
-    samples, ok = resample_records([record], [mcc], 300)
-    assert ok == [True] and samples.std() > 0
-    assert np.quantile(samples, 0.025) < mcc < np.quantile(samples, 0.975)
+    data = item_data(record, mcc)
+    assert data is not None
+    samples = item_draws([data], 300, 0)[0]
+    assert samples.std() > 0 and np.quantile(samples, 0.025) < mcc < np.quantile(samples, 0.975)
     record["per_item"].pop("predictions")  # values are correctness, not MCC: not resampled
-    assert resample_records([record], [mcc], 10)[1] == [False]
+    assert item_data(record, mcc) is None
 
 
 def test_normalisation_directions() -> None:
@@ -236,6 +290,7 @@ def test_perplexity_records_normalise_inverted_and_bootstrap_over_tokens() -> No
 
 def test_perfectly_monotone_sweep_is_monotone_at_every_level() -> None:
     result = analyse(sweep(), n_resamples=200)
+    assert any("2–4 seeds" in note and "5 or more seeds" in note for note in result.notes)
     (group,) = result.groups
     assert group["task"] == TASK and group["compression_kind"] == "pruned" and group["axis"] == "shots:harder=lower"
     assert [lv["level"] for lv in group["levels"]] == [0.2, 0.5, 0.7]
@@ -357,6 +412,166 @@ def test_irreversibility_compares_with_dense_transfer() -> None:
     assert group["axis"] == "train_examples:harder=lower" and group["levels"][0]["verdict"] == "monotone"
 
 
+def test_irreversibility_verdicts_with_intervals() -> None:
+    records = []
+    for examples, dense in ((2000, 0.90), (500, 0.85)):
+        records.append(eval_record("sst2", acc=dense, n=1000, shots=None, mode="dense", train_examples=examples))
+        # Sparse transfer loses 20% at both sizes; dense transfer of the pruned model gives the same answers.
+        records.append(eval_record("sst2", acc=dense * 0.8, n=1000, kind="pruned", level=0.5, shots=None,
+                                   mode="sparse", train_examples=examples))
+        records.append(eval_record("sst2", acc=dense, n=1000, kind="pruned", level=0.5, shots=None, mode="dense",
+                                   train_examples=examples))
+    rows = analyse(records, n_resamples=200).irreversibility
+    verdicts = {(r["mode"], r["difficulty"]): r["verdict"] for r in rows}
+    assert verdicts == {("sparse", 2000): "irreversible", ("sparse", 500): "irreversible",
+                        ("dense", 2000): "recovered", ("dense", 500): "recovered"}
+    sparse = next(r for r in rows if r["mode"] == "sparse" and r["difficulty"] == 2000)
+    assert sparse["drop"] == pytest.approx(0.2, abs=1e-3) and sparse["drop_ci95"][0] > 0.1
+    assert sparse["gap"] == pytest.approx(0.9 - 0.72, abs=1e-3)
+    # Without per-item values there is no interval, so no verdict.
+    for record in records:
+        record.pop("per_item")
+    assert {r["verdict"] for r in analyse(records, n_resamples=50).irreversibility} == {"inconclusive"}
+
+
+def test_monotone_in_both_directions() -> None:
+    """Across difficulty per level, and across sparsity per difficulty level (Fig. 7's two claims)."""
+    records = []
+    for shots, dense in DENSE_BY_SHOTS.items():
+        rank = SHOTS.index(shots)
+        records.append(eval_record(acc=dense, n=1000, shots=shots))
+        for level in (0.2, 0.5, 0.7):
+            # Hardest level (0 shots): the drop *falls* with sparsity; elsewhere it rises.
+            drop = (0.8 - level) * 0.4 if shots == 0 else monotone_drop(level, rank)
+            records.append(eval_record(acc=dense * (1 - drop), n=1000, kind="pruned", level=level, shots=shots))
+    (group,) = analyse(records, n_resamples=300).groups
+    across = {cell["label"]: cell for cell in group["across_compression"]}
+    assert [across[label]["levels"] for label in ("5", "0")] == [[0.2, 0.5, 0.7]] * 2
+    assert {label: across[label]["verdict"] for label in across} == {
+        "5": "monotone", "3": "monotone", "1": "monotone", "0": "not monotone"}
+    assert across["0"]["slope"]["value"] < 0
+    assert "falls significantly" in across["0"]["reason"] or "lost significantly less" in across["0"]["reason"]
+    # Across difficulty: at s=0.2 the hardest level still lost most (0.24 > 0.12); at s=0.7 it lost least.
+    assert [lv["verdict"] for lv in group["levels"]] == ["monotone", "not monotone", "not monotone"]
+
+
+def test_gap_axis_is_per_base_model_and_can_be_human_normalised() -> None:
+    records = []
+    for base, scale in (("smollm2-135m", 1.0), ("other-1b", 0.5)):
+        for task, dense in (("sst2", 0.90), ("rte", 0.60), ("cola", 0.30)):
+            metric = "matthews" if task == "cola" else "accuracy"
+            rank = {"sst2": 0, "rte": 1, "cola": 2}[task]
+            records.append(eval_record(task, acc=dense * scale, shots=None, metric=metric, base=base))
+            records.append(eval_record(task, acc=dense * scale * (1 - monotone_drop(0.5, rank)), kind="pruned",
+                                       level=0.5, shots=None, metric=metric, base=base))
+    groups = {g["base"]: g for g in analyse(records, n_resamples=50).groups}
+    assert set(groups) == {"smollm2-135m", "other-1b"}
+    big, small = groups["smollm2-135m"]["levels"][0], groups["other-1b"]["levels"][0]
+    assert big["difficulties"][0] == pytest.approx((0.978 - 0.90) / 0.90)  # sst2, its own dense score
+    assert small["difficulties"][0] == pytest.approx((0.978 - 0.45) / 0.45)
+    human = analyse(records, n_resamples=50, gap_normalise="human").groups
+    assert human[0]["gap_normalise"] == "human"
+    assert {g["base"]: g["levels"][0]["difficulties"][0] for g in human}["other-1b"] == pytest.approx(
+        (0.978 - 0.45) / 0.978)
+    with pytest.raises(JdnaError, match="gap-normalise"):
+        analyse(records, n_resamples=10, gap_normalise="people")
+
+
+def test_externally_pruned_model_pairs_with_its_dense_parent() -> None:
+    dense = eval_record("sst2", acc=0.9, shots=None, base="roberta-base")
+    external = eval_record("sst2", acc=0.72, shots=None, base="someone/roberta-base-pruned")
+    external["model"] |= {"dense_parent": "roberta-base", "compression": {"sparsity": 0.5}}
+    external["id"] = "external"
+    (entry,) = match_dense([dense, external])
+    assert entry.dense_index == 0 and entry.compression.method == "external" and entry.compression.level == 0.5
+    assert entry.normalised == pytest.approx(0.8)
+    # Named by the dense record's model name instead of its base, it still pairs.
+    external["model"]["dense_parent"] = dense["model"]["name"]
+    assert match_dense([dense, external])[0].dense_index == 0
+    external["model"]["dense_parent"] = "roberta-large"
+    with pytest.raises(JdnaError, match="no dense baseline .* on base roberta-large"):
+        match_dense([dense, external])
+
+
+def options_records(keep: float = 0.7, n: int = 1000, dense_acc: tuple[float, ...] = (0.85, 0.7, 0.6, 0.5)
+                    ) -> list[dict[str, Any]]:
+    """Options 2–5: pruned keeps `keep` of the dense model's above-chance skill at every option count."""
+    records = []
+    for options, dense in zip((2, 3, 4, 5), dense_acc):
+        chance = 1 / options
+        records.append(eval_record(acc=dense, n=n, options=options, shots=None))
+        records.append(eval_record(acc=chance + keep * (dense - chance), n=n, options=options, shots=None,
+                                   kind="pruned", level=0.5))
+    return records
+
+
+def test_options_axis_is_chance_corrected() -> None:
+    (group,) = analyse(options_records(), n_resamples=200).groups
+    level = group["levels"][0]
+    assert group["scale"] == "chance-corrected" and level["chance"] == pytest.approx([1 / 2, 1 / 3, 1 / 4, 1 / 5])
+    assert level["normalised"] == pytest.approx([0.7] * 4, abs=0.002)
+    # The raw ratio falls with options (the chance floor), which read as a trend is the floor case.
+    raw = level["normalised_raw"]
+    assert raw == sorted(raw, reverse=True) and raw[0] - raw[-1] > 0.05
+    assert level["verdict"] != "monotone"
+    # A dense model at chance has no skill to lose: flagged and left out, which here leaves 3 levels.
+    records = options_records(dense_acc=(0.85, 0.7, 0.6, 0.21))
+    level = analyse(records, n_resamples=100).groups[0]["levels"][0]
+    assert level["near_chance"] == [False, False, False, True]
+    assert level["reversed_pairs"] and len(level["reversed_pairs"]) == 2
+
+
+def _simulator() -> Any:
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "simulate_verdicts.py"
+    spec = importlib.util.spec_from_file_location("simulate_verdicts", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while being defined
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_verdict_rule_error_rates_on_simulated_studies() -> None:
+    """Known effects (bench/simulate_verdicts.py, small here): errors in both directions stay under 5%."""
+    sim = _simulator()
+    null = sim.run(sim.Scenario("null", (0.1, 0.1, 0.1, 0.1), 100), datasets=80, resamples=200)
+    assert null["monotone"] <= 0.05 and null["not monotone"] <= 0.05
+    clear = sim.run(sim.Scenario("clear", (0.0, 0.1, 0.2, 0.3), 200), datasets=20, resamples=200)
+    assert clear["monotone"] >= 0.9 and clear["not monotone"] == 0
+    floor = sim.run(sim.Scenario("floor", (0.3,) * 4, 1000, dense=(0.85, 0.7, 0.6, 0.5), options=(2, 3, 4, 5)),
+                    datasets=20, resamples=200)
+    assert floor["monotone"] <= 0.05
+
+
+def test_results_do_not_depend_on_record_order() -> None:
+    records = sweep(seeds=3, kinds=("pruned", "quantized"))
+    import random
+
+    shuffled = list(records)
+    random.Random(7).shuffle(shuffled)
+    first = analyse(records, n_resamples=100).record()
+    second = analyse(shuffled, n_resamples=100).record()
+    assert json.dumps(first, sort_keys=True) == json.dumps(second, sort_keys=True)
+
+
+def test_pairs_on_common_items_with_a_note() -> None:
+    records = sweep(seeds=1)
+    full = analyse(records, n_resamples=200)
+    dense = next(r for r in records if r["model"]["compression"]["method"] == "dense" and r["knobs"]["shots"] == 5)
+    dense["per_item"]["ids"] = dense["per_item"]["ids"][1:]
+    dense["per_item"]["values"] = dense["per_item"]["values"][1:]
+    dense["metrics"]["acc"]["value"] = float(np.mean(dense["per_item"]["values"]))
+    narrowed = analyse(records, n_resamples=200)
+    assert any("different item sets" in note and "paired on the items both hold" in note for note in narrowed.notes)
+    before, after = full.groups[0]["levels"][0], narrowed.groups[0]["levels"][0]
+    assert after["items"][0] == 199 and before["items"][0] == 200
+    # Still paired: the interval does not balloon as it would with independent draws.
+    width = [lv["normalised_ci95"][0][1] - lv["normalised_ci95"][0][0] for lv in (before, after)]
+    assert width[1] < 1.3 * width[0]
+
+
 # ---------------------------------------------------------------------------------------------------
 # Loading
 
@@ -402,6 +617,14 @@ def test_cli_difficulty_writes_record_and_table(tmp_path: Path) -> None:
     assert full["rule"] == record["rule"] and full["groups"][0]["levels"][0]["verdict"] == "monotone"
     assert "monotone" in result.stderr and "ρ" in result.stderr and "verdict" in result.stderr.lower()
     assert full["rule"].split(":")[0] in result.stderr
+    # Power: the detectable trend and the items that would reach --min-trend, flagged when short of it.
+    power = full["groups"][0]["levels"][0]["power"]
+    assert power["underpowered"] and power["items"] == 200 and power["items_needed"] > 200
+    assert f"underpowered (needs {power['items_needed']} items)" in result.stderr
+    assert "across compression" in result.stderr and full["groups"][0]["across_compression"]
+    relaxed = run("difficulty", str(directory), "--resamples", "200", "--min-trend", "0.5", "-o",
+                  str(tmp_path / "relaxed.json"))
+    assert relaxed.code == 0 and "underpowered" not in relaxed.stderr.split("power:")[0]
     # Piping the eval summaries works the same, and -o chooses the file.
     lines = "".join(json.dumps({k: v for k, v in json.loads(p.read_text()).items() if k != "per_item"}
                                | {"path": str(p)}) + "\n" for p in sorted(directory.glob("*.json")))
@@ -427,6 +650,8 @@ def test_cli_difficulty_bad_input_exits_2(tmp_path: Path) -> None:
     assert result.code == 2 and "does not exist" in result.stderr
     result = run("difficulty", str(directory), "--axis", "nonsense")
     assert result.code == 2 and "unknown difficulty axis" in result.stderr
+    result = run("difficulty", str(write_records(tmp_path / "c", sweep(seeds=1))), "--gap-normalise", "humans")
+    assert result.code == 2 and "did you mean 'human'" in result.stderr
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib.image as mpimg
+import numpy as np
 import pytest
 
 from jdna.analysis import analyse
@@ -19,6 +20,7 @@ from jdna.analysis.plots import (
     plot_sparsity,
     plot_spearman,
     plot_transfer,
+    plot_trend,
     sparsity_chart,
     text_chart,
 )
@@ -51,8 +53,18 @@ def test_each_kind_returns_a_labelled_figure() -> None:
     assert legend.get_title().get_text() == "shots (fewer = harder)"
     assert [t.get_text() for t in legend.get_texts()] == ["5", "3", "1", "0"]
     assert ax.lines[0].get_color().upper() == OKABE_ITO[0]
-    assert ax.collections, "two seeds: confidence bands are drawn"
-    assert not plot_sparsity(sweep(seeds=1), n_resamples=50).axes[0].collections  # one seed: no bands
+    assert ax.collections, "bootstrap intervals are drawn as bands"
+    # The band is the level's interval: its vertices at s=0.5 span the difficulty level's normalised_ci95.
+    analysis = analyse(pruned, n_resamples=100)
+    ci = analysis.groups[0]["levels"][1]["normalised_ci95"][0]
+    band = ax.collections[0].get_paths()[0].vertices
+    at = band[np.isclose(band[:, 0], 0.5)][:, 1]
+    assert min(at) == pytest.approx(ci[0]) and max(at) == pytest.approx(ci[1])
+    assert plot_sparsity(sweep(seeds=1), n_resamples=50).axes[0].collections  # one seed: item intervals
+    no_items = sweep(seeds=1)
+    for record in no_items:
+        record.pop("per_item")
+    assert not plot_sparsity(no_items, n_resamples=50).axes[0].collections  # nothing resampled: no band
 
     mixed = sweep(seeds=1, kinds=("pruned", "quantized", "lowrank"))
     figure = plot_methods(mixed, n_resamples=50)
@@ -60,6 +72,7 @@ def test_each_kind_returns_a_labelled_figure() -> None:
     texts = [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
     assert texts == ["pruning (magnitude)", "quantization (gptq)", "low-rank (svd)"]
     assert figure.axes[0].xaxis_inverted()
+    assert figure.axes[0].containers, "methods: error bars at each bits-per-weight point"
 
     figure = plot_transfer(transfer_sweep(), n_resamples=50)
     titles = [ax.get_title() for ax in figure.axes]
@@ -74,11 +87,16 @@ def test_each_kind_returns_a_labelled_figure() -> None:
     figure = plot_spearman(mixed, n_resamples=50)
     assert labels(figure) == [("Sparsity", "Spearman ρ (95% CI)"), ("Bits per weight", "Spearman ρ (95% CI)")]
 
+    figure = plot_trend(pruned, n_resamples=100)
+    (ax,) = figure.axes
+    assert ax.get_ylabel() == "Slope of drop (95% CI)" and ax.containers
+    assert ax.get_legend().get_texts()[0].get_text().endswith(": ▲▲▲")  # monotone at all three levels
+
 
 @pytest.mark.parametrize(
     ("kind", "fixture", "panels"),
     [("sparsity", "pruned", 1), ("methods", "mixed", 4), ("transfer", "transfer", 4), ("lmc", "lmc", 2),
-     ("spearman", "mixed", 2)],
+     ("spearman", "mixed", 2), ("trend", "mixed", 2)],
 )
 def test_cli_renders_png_of_expected_size(tmp_path: Path, kind: str, fixture: str, panels: int) -> None:
     records = {"pruned": lambda: sweep(seeds=2), "mixed": lambda: sweep(seeds=1, kinds=("pruned", "quantized",
@@ -160,3 +178,23 @@ def test_long_y_labels_break_before_their_parenthesis() -> None:
     assert _fit_axis_label("A label far longer than any panel is tall, without brackets") == (
         "A label far longer than any panel is tall, without brackets"
     )
+
+
+def test_options_plots_are_chance_corrected_and_name_near_chance_levels() -> None:
+    from tests.test_analysis import options_records
+
+    figure = plot_sparsity(options_records(dense_acc=(0.85, 0.7, 0.6, 0.21)), n_resamples=50)
+    (ax,) = figure.axes
+    assert "above-chance share kept" in ax.get_ylabel()
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert texts == ["2", "3", "4", "5 (dense near chance)"]
+    assert len(ax.collections) == 3  # no band where the interval is meaningless
+    # A dense model exactly at chance leaves the chance-corrected value undefined: every kind still draws.
+    at_chance = options_records(dense_acc=(0.5, 0.7, 0.6, 0.5))
+    for record in options_records(dense_acc=(0.5, 0.7, 0.6, 0.5)):
+        if record["model"]["compression"]["method"] != "dense":
+            record["model"]["compression"] = {"kind": "quantized", "method": "rtn", "bits_per_weight": 4.0}
+            record["id"] += "-q"
+            at_chance.append(record)
+    for draw in (plot_sparsity, plot_methods, plot_spearman, plot_trend):
+        assert draw(at_chance, n_resamples=20).axes

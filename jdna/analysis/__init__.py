@@ -5,7 +5,7 @@ from __future__ import annotations
 from jdna.analysis.baselines import BaselineTable
 from jdna.analysis.difficulty import AXES, Analysis, Axis, analyse, parse_axis
 from jdna.analysis.records import compression_of, load_records
-from jdna.analysis.stats import RULE, kendall_tau_b, spearman_rho, verdict
+from jdna.analysis.stats import RULE, holm, kendall_tau_b, spearman_rho, trend
 
 __all__ = [
     "AXES",
@@ -15,9 +15,10 @@ __all__ = [
     "BaselineTable",
     "analyse",
     "compression_of",
+    "holm",
     "kendall_tau_b",
     "load_records",
     "parse_axis",
     "spearman_rho",
-    "verdict",
+    "trend",
 ]

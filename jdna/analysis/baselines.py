@@ -144,9 +144,14 @@ class BaselineTable:
         return list(self._rows.values())
 
 
-def human_gap(human: float, dense: float) -> float:
-    """Normalised human–LLM gap (human − dense) / dense: how far the dense model is from people, relative to
-    what it achieves; larger = harder for the model."""
-    if dense == 0:
-        raise JdnaError("the dense model scores 0, so the normalised human–LLM gap is undefined")
-    return (human - dense) / abs(dense)
+def human_gap(human: float, dense: float, by: str = "dense") -> float:
+    """Normalised human–LLM gap: how far the dense model is from people; larger = harder for the model.
+
+    `by="dense"`: (human − dense) / dense, relative to what the model achieves (the paper's Fig. 5);
+    `by="human"`: (human − dense) / human, relative to what people achieve (its Appendix B variant).
+    """
+    denominator = dense if by == "dense" else human
+    if denominator == 0:
+        who = "the dense model" if by == "dense" else "the human baseline"
+        raise JdnaError(f"{who} scores 0, so the normalised human–LLM gap is undefined")
+    return (human - dense) / abs(denominator)

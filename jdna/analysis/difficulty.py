@@ -40,6 +40,14 @@ _NOT_DIFFICULTY = ("seed",)
 KIND_ORDER = {"pruned": 0, "quantized": 1, "lowrank": 2, "dense": 3}
 # The study's transfer settings in the order its figures show them (Figs 8–9).
 TRANSFER_ORDER = ("dense", "freeze", "sparse", "regrow")
+# Multiple-choice accuracies, whose chance level is 1/options.
+ACCURACY_METRICS = ("acc", "acc_norm", "accuracy")
+# A difficulty level whose dense score is within this many standard errors of chance has no skill to lose.
+NEAR_CHANCE_SE = 2.0
+# Appendix B: the human–LLM gap divided by the dense model's score (default) or by the human score.
+GAP_NORMALISE = ("dense", "human")
+# After fine-tuning, a setting within this share of dense transfer (upper CI bound of the drop) has recovered.
+RECOVERY_MARGIN = 0.02
 
 
 @dataclass(frozen=True)
@@ -97,7 +105,11 @@ def parse_axis(text: str) -> Axis:
 
 @dataclass
 class Entry:
-    """A compressed record with its dense reference and normalised performance."""
+    """A compressed record with its dense reference and normalised performance.
+
+    `value`/`dense_value` are measured on the items both records share (their own values when the item sets
+    agree); `value_draws`/`dense_draws` are the paired item bootstrap of those values (None: not resampled).
+    """
 
     index: int  # into the analysis' record list
     dense_index: int
@@ -108,6 +120,47 @@ class Entry:
     value: float
     dense_value: float
     normalised: float
+    value_draws: np.ndarray | None = None
+    dense_draws: np.ndarray | None = None
+    items: int = 0
+    chance: float | None = None  # the metric's chance level (multiple-choice accuracy), when known
+
+    @property
+    def higher_is_better(self) -> bool:
+        return bool(self.record.get("higher_is_better", True))
+
+    def normalised_on(self, scale: str) -> tuple[float, np.ndarray | None]:
+        """Normalised performance and its draws: "raw" (compressed/dense) or "chance-corrected"
+        ((compressed − chance)/(dense − chance): the share of the dense model's above-chance skill kept)."""
+        c, d = self.value, self.dense_value
+        cd = self.value_draws if self.value_draws is not None else None
+        dd = self.dense_draws if self.dense_draws is not None else None
+        if cd is None and dd is None:
+            draws_c = draws_d = None
+        else:
+            n = len(cd if cd is not None else dd)  # type: ignore[arg-type]
+            draws_c = cd if cd is not None else np.full(n, c)
+            draws_d = dd if dd is not None else np.full(n, d)
+        if scale == "chance-corrected":
+            assert self.chance is not None
+            c, d = c - self.chance, d - self.chance
+            if draws_c is not None:
+                draws_c, draws_d = draws_c - self.chance, draws_d - self.chance
+        if not self.higher_is_better:
+            c, d, draws_c, draws_d = d, c, draws_d, draws_c
+        value = c / d if d != 0 else math.nan
+        if draws_c is None:
+            return value, None
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return value, draws_c / draws_d
+
+    def dense_se(self) -> float:
+        """Standard error of the dense value: its bootstrap, else the binomial one for an accuracy."""
+        if self.dense_draws is not None and self.dense_draws.size > 1:
+            return float(np.std(self.dense_draws, ddof=1))
+        n = self.items or int(self.record.get("n") or 0)
+        d = self.dense_value
+        return math.sqrt(max(d * (1 - d), 0.0) / n) if n and 0 <= d <= 1 else 0.0
 
 
 @dataclass
@@ -141,8 +194,18 @@ def effective_knobs(record: Record) -> dict[str, Any]:
 
 
 def _base(record: Record) -> str:
+    """The base model a record is compared within: its `dense_parent` (a model pruned outside jdna names the
+    dense model it came from), else the lineage's base."""
     model = record.get("model") or {}
-    return str(model.get("base") or model.get("base_sha256") or model.get("name") or "?")
+    return str(model.get("dense_parent") or model.get("base") or model.get("base_sha256") or model.get("name")
+               or "?")
+
+
+def _identities(record: Record) -> list[str]:
+    """Every string a dense record's model can be named by, so a `dense_parent` can point at any of them."""
+    model = record.get("model") or {}
+    names = [model.get(k) for k in ("base", "base_sha256", "name", "id")]
+    return sorted({str(n) for n in names if n}) or ["?"]
 
 
 def _reference_key(record: Record, knobs: dict[str, Any]) -> str:
@@ -175,7 +238,10 @@ def match_dense(records: Sequence[Record]) -> list[Entry]:
     references: dict[str, list[int]] = defaultdict(list)
     for index, record in enumerate(records):
         if is_reference(record):
-            references[_reference_key(record, effective_knobs(record))].append(index)
+            knobs = effective_knobs(record)
+            for name in _identities(record):
+                reference = dict(record, model={**(record.get("model") or {}), "base": name, "dense_parent": None})
+                references[_reference_key(reference, knobs)].append(index)
     entries: list[Entry] = []
     missing: list[str] = []
     for index, record in enumerate(records):
@@ -269,40 +335,132 @@ def _json_value(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
+def _content_key(record: Record) -> str:
+    """A record's identity, so results never depend on the order records arrive in."""
+    key = record.get("id")
+    if isinstance(key, str) and key:
+        return key
+    return canonical_json({k: v for k, v in record.items() if k != "_source"}) if record else ""
+
+
+def chance_of(record: Record) -> float | None:
+    """Chance accuracy of a multiple-choice record: the mean of 1/options over its items (`per_item.n_options`),
+    else 1/`knobs.options`; None when neither says (or the metric is not an accuracy)."""
+    if record.get("task_kind") != "multiple_choice" or record.get("primary_metric") not in ACCURACY_METRICS:
+        return None
+    per_item = record.get("per_item")
+    counts = per_item.get("n_options") if isinstance(per_item, dict) else None
+    if isinstance(counts, list) and counts and all(isinstance(c, int) and c > 0 for c in counts):
+        return float(np.mean([1.0 / c for c in counts]))
+    options = (record.get("knobs") or {}).get("options")
+    if isinstance(options, int) and not isinstance(options, bool) and options >= 2:
+        return 1.0 / options
+    return None
+
+
+def pair_items(records: Sequence[Record], entries: Sequence[Entry], n_resamples: int, seed: int) -> list[str]:
+    """Measure every compressed/dense pair on the items both hold, with a shared bootstrap draw; return notes.
+
+    Records on the same item set share one draw (seeded by those ids), so pairs and difficulty levels scored
+    on the same questions stay paired; a pair whose sets differ is restricted to their intersection.
+    """
+    values = [primary_value(r) for r in records]
+    datas: dict[int, stats.ItemData | None] = {}
+
+    def data(i: int) -> stats.ItemData | None:
+        if i not in datas:
+            datas[i] = stats.item_data(records[i], values[i])
+        return datas[i]
+
+    plans: list[tuple[tuple[str, ...] | None, tuple[str, ...] | None]] = []
+    narrowed: list[int] = []
+    for entry in entries:
+        dc, dd = data(entry.index), data(entry.dense_index)
+        if dc is not None and dd is not None and dc.ids != dd.ids:
+            common = tuple(sorted(set(dc.ids) & set(dd.ids)))
+            if common:
+                narrowed.append(len(dc.ids) + len(dd.ids) - 2 * len(common))
+                plans.append((common, common))
+                continue
+        plans.append((dc.ids if dc is not None else None, dd.ids if dd is not None else None))
+    members: dict[tuple[str, ...], set[int]] = defaultdict(set)
+    for entry, (kc, kd) in zip(entries, plans):
+        if kc is not None:
+            members[kc].add(entry.index)
+        if kd is not None:
+            members[kd].add(entry.dense_index)
+    measured: dict[tuple[int, tuple[str, ...]], tuple[float, np.ndarray]] = {}
+    for ids in sorted(members):
+        indexes = sorted(members[ids])
+        subsets = [data(i) if data(i).ids == ids else data(i).subset(ids) for i in indexes]  # type: ignore[union-attr]
+        draws = stats.item_draws(subsets, n_resamples, seed)
+        full = np.arange(len(ids))[None]
+        for i, subset, row in zip(indexes, subsets, draws):
+            own = data(i).ids == ids  # type: ignore[union-attr]
+            measured[(i, ids)] = (values[i] if own else float(subset.statistic(full)[0]), row)
+    for entry, (kc, kd) in zip(entries, plans):
+        if kc is not None:
+            entry.value, entry.value_draws = measured[(entry.index, kc)]
+        if kd is not None:
+            entry.dense_value, entry.dense_draws = measured[(entry.dense_index, kd)]
+        entry.items = len(kc or kd or ()) or int(entry.record.get("n") or 0)
+        entry.chance = chance_of(entry.record)
+        try:
+            entry.normalised = normalise(entry.value, entry.dense_value, entry.higher_is_better)
+        except JdnaError as error:
+            raise JdnaError(f"{error} (task {entry.record['task']}, knobs {canonical_json(entry.knobs)})") from None
+    notes = []
+    fixed = sorted({i for e in entries for i in (e.index, e.dense_index) if data(i) is None})
+    if fixed:
+        notes.append(
+            f"{len(fixed)} of {len(records)} records have no usable per-item values (a summary line whose file "
+            "is missing, or a metric that is not a mean over items): their items are not resampled"
+        )
+    if narrowed:
+        notes.append(
+            f"{len(narrowed)} compressed/dense pair(s) were scored on different item sets: each is paired on the "
+            f"items both hold ({sum(narrowed)} item score(s) left out in all)"
+        )
+    return notes
+
+
 def analyse(
     records: Sequence[Record],
     axes: Sequence[Axis] | None = None,
     baselines: BaselineTable | None = None,
     n_resamples: int = 1000,
     seed: int = 0,
+    min_trend: float = stats.MIN_TREND,
+    gap_normalise: str = "dense",
+    recovery_margin: float = RECOVERY_MARGIN,
 ) -> Analysis:
-    """Group eval records, normalise them by their dense baselines and test monotonicity per level."""
-    if n_resamples < 1:
-        raise JdnaError(f"--resamples {n_resamples}: use at least 1 (1000 for a paper)")
+    """Group eval records, normalise them by their dense baselines and test monotonicity in both directions."""
+    if n_resamples < 2:
+        raise JdnaError(f"--resamples {n_resamples}: use at least 2 (1000 for a paper)")
+    if not min_trend > 0:
+        raise JdnaError(f"--min-trend {min_trend}: give the smallest trend worth detecting, e.g. 0.03")
+    if gap_normalise not in GAP_NORMALISE:
+        raise unknown_name_error("--gap-normalise", gap_normalise, GAP_NORMALISE)
     baselines = baselines or BaselineTable.load()
-    records = list(records)
+    # Content order, so the same records in any order give the same result, bit for bit.
+    records = sorted(records, key=_content_key)
     entries = match_dense(records)
     chosen = choose_axes(entries, records, axes, baselines)
-    values = [primary_value(r) for r in records]
-    samples, resampled = stats.resample_records(records, values, n_resamples, seed)
-    notes = []
-    fixed = [i for i, ok in enumerate(resampled) if not ok]
-    if fixed:
-        notes.append(
-            f"{len(fixed)} of {len(records)} records have no usable per-item values (a summary line whose file "
-            "is missing, or a metric that is not a mean over items): their items are not resampled"
-        )
+    notes = pair_items(records, entries, n_resamples, seed)
 
-    # Dense score per (task, metric, base, knobs, transfer) for the human–LLM gap.
-    gaps: dict[str, tuple[float, str]] = {}
+    # Human–LLM gap per (task, base model): each base model has its own dense score on each task.
+    gaps: dict[tuple[str, str], tuple[float, str]] = {}
     if any(a.name == "gap" for a in chosen.values()):
-        for task in chosen:
+        dense_by: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
+        for e in entries:
+            dense_by[(e.record["task"], _base(e.record))][e.dense_index] = primary_value(records[e.dense_index])
+        for (task, base), dense in sorted(dense_by.items()):
             metric = next(e.record["primary_metric"] for e in entries if e.record["task"] == task)
             baseline = baselines.get(task, metric)
             if baseline is None:
                 raise JdnaError(f"no human baseline for task {task} ({metric}): add it with --baselines FILE")
-            dense_values = [e.dense_value for e in entries if e.record["task"] == task]
-            gaps[task] = (human_gap(baseline.human, float(np.mean(dense_values))), baseline.citation)
+            mean_dense = float(np.mean([dense[i] for i in sorted(dense)]))
+            gaps[(task, base)] = (human_gap(baseline.human, mean_dense, by=gap_normalise), baseline.citation)
 
     grouped: dict[str, list[Entry]] = defaultdict(list)
     meta: dict[str, dict[str, Any]] = {}
@@ -324,15 +482,44 @@ def analyse(
         grouped[key].append(entry)
         meta[key] = {**key_parts, "axis": axis}
 
-    groups = []
+    groups: list[dict[str, Any]] = []
+    level_tests: list[tuple[dict[str, Any], stats.Trend, str | None, list[str]]] = []
+    compression_tests: list[tuple[dict[str, Any], stats.Trend, str | None, list[str]]] = []
+    few_seeds = False
     for key in sorted(grouped, key=lambda k: _group_order(meta[k])):
         info = meta[key]
         axis: Axis = info["axis"]
         group_entries = grouped[key]
+        scale = _scale(axis, group_entries)
+        cells = _cells(group_entries, axis, gaps, info["base"], scale)
+        few_seeds |= any(1 < len(c.entries) < stats.FEW_SEEDS for row in cells.values() for c in row.values())
         levels = []
-        for level in sorted({e.compression.level for e in group_entries}):
-            at_level = [e for e in group_entries if e.compression.level == level]
-            levels.append(_level(level, at_level, axis, gaps, samples, seed))
+        for level in sorted(cells):
+            row = cells[level]
+            order = sorted(row, key=lambda k: row[k].score)
+            body, test = _test(order, row, axis, n_resamples, seed, [key, level], min_trend, "difficulty")
+            body = {"level": level,
+                    "bits_per_weight": _json_value(float(np.mean([e.compression.bits_per_weight
+                                                                  for c in row.values() for e in c.entries]))),
+                    **body}
+            levels.append(body)
+            level_tests.append((body, *test))
+        across_compression = []
+        compressed_first = 1.0 if group_entries[0].compression.axis == "sparsity" else -1.0
+        point_keys = sorted({k for row in cells.values() for k in row},
+                            key=lambda k: next(row[k].score for row in cells.values() if k in row))
+        for point in point_keys:
+            row = {f"{level!r}": cells[level][point] for level in cells if point in cells[level]}
+            level_of = {f"{level!r}": level for level in cells if point in cells[level]}
+            order = sorted(row, key=lambda k: compressed_first * level_of[k])
+            labels = [f"{level_of[k]:g}" for k in order]
+            body, test = _test(order, row, axis, n_resamples, seed, [key, point], min_trend, "compression",
+                               labels=labels)
+            first = next(iter(row.values()))
+            body = {"difficulty": first.difficulty, "label": first.label, "levels": [level_of[k] for k in order],
+                    **body}
+            across_compression.append(body)
+            compression_tests.append((body, *test))
         group = {
             "task": info["task"],
             "tasks": sorted({e.record["task"] for e in group_entries}),
@@ -344,19 +531,153 @@ def analyse(
             "metric": info["metric"],
             "axis": axis.spec(),
             "level_axis": group_entries[0].compression.axis,
+            "scale": scale,
             "levels": levels,
+            "across_compression": across_compression,
         }
         if axis.name == "gap":
-            group["baselines"] = {t: gaps[t][1] for t in group["tasks"]}
+            group["gap_normalise"] = gap_normalise
+            group["baselines"] = {t: gaps[(t, info["base"])][1] for t in group["tasks"]}
         groups.append(group)
 
+    for tests in (level_tests, compression_tests):
+        stats.decide([t for _, t, _, _ in tests], [u for _, _, u, _ in tests], labels=[n for *_, n in tests])
+        for body, t, _, _ in tests:
+            body.update(verdict=t.verdict, reason=t.reason, p_adjusted=t.adjusted)
+    if any(g["scale"] == "chance-corrected" for g in groups):
+        notes.append("on the options axis chance moves (1/options), so normalised performance is chance-corrected: "
+                     "(compressed − chance)/(dense − chance); the raw ratio is in normalised_raw")
+    if any(any(lv["near_chance"]) for g in groups for lv in g["levels"]):
+        notes.append("difficulty levels where the dense model is within 2 standard errors of chance are flagged "
+                     "(near_chance) and left out of the verdicts: there is no skill there to lose")
+    if few_seeds:
+        notes.append(f"some points have 2–{stats.FEW_SEEDS - 1} seeds: seed variance is estimated with few degrees "
+                     f"of freedom (t-based, pooled over a test's points), so intervals are wide; "
+                     f"{stats.FEW_SEEDS} or more seeds are advised")
+    irreversibility = _irreversibility(entries, chosen, gaps, n_resamples, seed, recovery_margin)
     return Analysis(
         rule=stats.RULE,
         axis=sorted({a.spec() for a in chosen.values()}),
         groups=groups,
-        irreversibility=_irreversibility(entries, chosen, gaps),
+        irreversibility=irreversibility,
         notes=notes,
     )
+
+
+@dataclass
+class Cell:
+    """The records of one group at one compression level and one difficulty level (its seed replicates)."""
+
+    entries: list[Entry]
+    score: float  # difficulty score (larger = harder)
+    difficulty: Any
+    label: str
+    scale: str
+
+    def point(self) -> stats.Point:
+        """The mean over seeds of normalised performance, its item draws and the per-seed values."""
+        values, draws = [], []
+        for entry in self.entries:
+            value, row = entry.normalised_on(self.scale)
+            values.append(value)
+            draws.append(row)
+        resampled = [d for d in draws if d is not None]
+        mean_draws = None
+        if resampled:
+            n = len(resampled[0])
+            mean_draws = np.mean([d if d is not None else np.full(n, v) for v, d in zip(values, draws)], axis=0)
+        items = int(np.median([e.items for e in self.entries])) if self.entries else 0
+        return stats.Point(float(np.mean(values)), mean_draws, values, items)
+
+    def near_chance(self) -> bool:
+        """Whether the dense model is within 2 standard errors of chance here (None chance: not flagged)."""
+        if any(e.chance is None for e in self.entries):
+            return False
+        margin = float(np.mean([e.dense_value - e.chance for e in self.entries]))  # type: ignore[operator]
+        return margin < NEAR_CHANCE_SE * float(np.mean([e.dense_se() for e in self.entries]))
+
+    def raw(self) -> float:
+        return float(np.mean([e.normalised for e in self.entries]))
+
+
+def _scale(axis: Axis, entries: Sequence[Entry]) -> str:
+    """Chance-corrected where chance moves with difficulty (the options axis) and is known for every record."""
+    if axis.name == "options" and all(e.chance is not None and e.higher_is_better for e in entries):
+        return "chance-corrected"
+    return "raw"
+
+
+def _cells(entries: Sequence[Entry], axis: Axis, gaps: dict[tuple[str, str], tuple[float, str]], base: str,
+           scale: str) -> dict[float, dict[str, Cell]]:
+    """level → difficulty key → the cell's seed replicates (content-sorted)."""
+    cells: dict[float, dict[str, Cell]] = defaultdict(dict)
+    for entry in sorted(entries, key=lambda e: _content_key(e.record)):
+        raw = _point_key(entry, axis)
+        key = canonical_json(raw)
+        row = cells[entry.compression.level]
+        if key not in row:
+            score = _point_score(raw, axis, gaps, base)
+            difficulty = raw if axis.name != "gap" else _json_value(gaps[(raw, base)][0])
+            row[key] = Cell([], score, difficulty, _label(axis, raw), scale)
+        row[key].entries.append(entry)
+    return dict(cells)
+
+
+def _test(order: list[str], row: dict[str, Cell], axis: Axis, n_resamples: int, seed: int, where: list[Any],
+          min_trend: float, direction: str, labels: list[str] | None = None
+          ) -> tuple[dict[str, Any], tuple[stats.Trend, str | None, list[str]]]:
+    """The body of one test (points in `order`), its Trend, the reason it cannot be tested (or None), and the
+    names of the points it tests."""
+    cells = [row[k] for k in order]
+    labels = labels or [c.label for c in cells]
+    points = [c.point() for c in cells]
+    flagged = [c.near_chance() for c in cells]
+    used = [i for i, f in enumerate(flagged) if not f]
+    rng = stats.content_rng(seed, "seeds", direction, canonical_json(where))
+    t = stats.trend([points[i] for i in used], n_resamples, rng, min_trend)
+    usable = None
+    what = "difficulty levels" if direction == "difficulty" else "compression levels"
+    if len(used) < stats.MIN_LEVELS:
+        usable = f"fewer than {stats.MIN_LEVELS} {what}"
+        if len(used) < len(cells):
+            usable += f" once {', '.join(labels[i] for i in range(len(cells)) if flagged[i])} (dense near chance) " \
+                      "are left out"
+    elif t.draws is None:
+        usable = "no interval: one seed and no per-item values"
+    elif not math.isfinite(t.slope):
+        usable = "the normalised performance is undefined at some level"
+    intervals: list[list[float] | None] = []
+    for i, point in enumerate(points):
+        if i in used and t.draws is not None:
+            intervals.append(stats.interval(t.draws[:, used.index(i)]))
+        else:
+            intervals.append(stats.interval(point.draws) if point.draws is not None else None)
+    used_labels = [labels[i] for i in used]
+    body: dict[str, Any] = {
+        "difficulties": [c.difficulty for c in cells],
+        "labels": labels,
+        "scale": cells[0].scale,
+        "normalised": [_json_value(p.estimate) for p in points],
+        "normalised_ci95": intervals,
+        "seeds": [len(c.entries) for c in cells],
+        "items": [p.items for p in points],
+        "chance": [c.entries[0].chance for c in cells],
+        "near_chance": flagged,
+        "slope": {"value": _json_value(t.slope), "ci95": t.slope_ci, "p_increase": _json_value(t.p_increase),
+                  "p_decrease": _json_value(t.p_decrease)},
+        "reversed_pairs": [{"easier": used_labels[j], "harder": used_labels[j + 1], "p": _json_value(p)}
+                           for j, p in enumerate(t.p_reversed)],
+        "spearman": t.spearman,
+        "kendall": t.kendall,
+        "violations": [[used_labels[i], used_labels[j]] if direction == "compression" or axis.name == "gap"
+                       else [cells[used[i]].difficulty, cells[used[j]].difficulty] for i, j in t.violations],
+        "power": t.power,
+    }
+    if direction != "difficulty":
+        body.pop("difficulties")  # the test's points are compression levels (its `levels`)
+    if cells[0].scale == "chance-corrected":
+        body["normalised_raw"] = [c.raw() for c in cells]
+    return body, (t, usable, used_labels)
 
 
 def _group_order(info: dict[str, Any]) -> tuple:
@@ -370,110 +691,97 @@ def _point_key(entry: Entry, axis: Axis) -> Any:
     return entry.record["task"] if axis.name == "gap" else entry.knobs.get(axis.name)
 
 
-def _point_score(raw: Any, axis: Axis, gaps: dict[str, tuple[float, str]]) -> float:
-    return gaps[raw][0] if axis.name == "gap" else axis.score(raw)
+def _point_score(raw: Any, axis: Axis, gaps: dict[tuple[str, str], tuple[float, str]], base: str) -> float:
+    return gaps[(raw, base)][0] if axis.name == "gap" else axis.score(raw)
 
 
-def _level(
-    level: float,
-    entries: Sequence[Entry],
-    axis: Axis,
-    gaps: dict[str, tuple[float, str]],
-    samples: np.ndarray,
-    seed: int,
-) -> dict[str, Any]:
-    """Statistics of one compression level: points ordered easiest → hardest."""
-    points: dict[str, list[Entry]] = defaultdict(list)
-    raws: dict[str, Any] = {}
-    for entry in entries:
-        raw = _point_key(entry, axis)
-        points[canonical_json(raw)].append(entry)
-        raws[canonical_json(raw)] = raw
-    order = sorted(points, key=lambda k: _point_score(raws[k], axis, gaps))
-    scores = np.array([_point_score(raws[k], axis, gaps) for k in order])
-    normalised = np.array([np.mean([e.normalised for e in points[k]]) for k in order])
-    drops = 1.0 - normalised
-
-    point_samples = []
-    for k in order:
-        rows = []
-        for e in points[k]:
-            c, d = samples[e.index], samples[e.dense_index]
-            with np.errstate(divide="ignore", invalid="ignore"):
-                rows.append(c / d if e.record.get("higher_is_better", True) else d / c)
-        point_samples.append(np.stack(rows))
-    boot = stats.resample_points(point_samples, seed)  # resamples × points of normalised performance
-    varied = bool(np.ptp(boot, axis=0).any()) if boot.size else False
-    spearman, kendall = stats.correlations(scores, drops, 1.0 - boot if varied else None)
-    rho = spearman["value"] if spearman["value"] is not None else math.nan
-    pairs = stats.violations(list(scores), list(drops))
-    labels = [_label(axis, raws[k]) for k in order]
-    difficulties = [raws[k] if axis.name != "gap" else _json_value(gaps[raws[k]][0]) for k in order]
-    return {
-        "level": level,
-        "bits_per_weight": _json_value(float(np.mean([e.compression.bits_per_weight for e in entries]))),
-        "difficulties": difficulties,
-        "labels": labels,
-        "normalised": [float(v) for v in normalised],
-        "normalised_ci95": [stats.interval(boot[:, p]) if varied else None for p in range(len(order))],
-        "seeds": [len(points[k]) for k in order],
-        "spearman": spearman,
-        "kendall": kendall,
-        "violations": [[difficulties[i] if axis.name != "gap" else labels[i],
-                        difficulties[j] if axis.name != "gap" else labels[j]] for i, j in pairs],
-        "verdict": stats.verdict(len(order), rho, spearman["ci95"]),
-    }
-
-
-def _irreversibility_order(entry: Entry, chosen: dict[str, Axis], gaps: dict[str, tuple[float, str]]) -> tuple:
+def _irreversibility_order(entry: Entry, chosen: dict[str, Axis], gaps: dict[tuple[str, str], tuple[float, str]]
+                           ) -> tuple:
     """Task, then setting in the study's order, method, level, and difficulty easiest → hardest."""
     mode = entry.mode or ""
     axis = chosen[entry.record["task"]]
     rank = TRANSFER_ORDER.index(mode) if mode in TRANSFER_ORDER else len(TRANSFER_ORDER)
     return (entry.record["task"], rank, mode,
             KIND_ORDER.get(entry.compression.kind, 9), entry.compression.method, entry.compression.level,
-            _point_score(_point_key(entry, axis), axis, gaps))
+            _base(entry.record), _point_score(_point_key(entry, axis), axis, gaps, _base(entry.record)))
 
 
 def _irreversibility(
-    entries: Sequence[Entry], chosen: dict[str, Axis], gaps: dict[str, tuple[float, str]]
+    entries: Sequence[Entry], chosen: dict[str, Axis], gaps: dict[tuple[str, str], tuple[float, str]],
+    n_resamples: int, seed: int, margin: float,
 ) -> list[dict[str, Any]]:
-    """After fine-tuning: each non-dense transfer setting against dense transfer, per difficulty level.
+    """After fine-tuning: each transfer setting of a compressed model against dense transfer, per difficulty level.
 
     `gap` is the metric lost relative to dense transfer (positive = the compressed transfer is worse, for
-    either metric direction); `normalised` is the same comparison as a ratio.
+    either metric direction); `drop` = 1 − normalised is the same comparison as a share, with its paired
+    bootstrap interval (item draws plus a t-based seed term). Verdict, Holm-corrected over all rows:
+    'irreversible' if the drop is significantly > 0; 'recovered' if it is significantly below `margin` (the
+    setting is within that share of dense transfer); otherwise 'inconclusive'.
     """
     cells: dict[str, list[Entry]] = defaultdict(list)
-    for entry in entries:
+    for entry in sorted(entries, key=lambda e: _content_key(e.record)):
         if entry.mode is None:
             continue
         axis = chosen[entry.record["task"]]
         key = canonical_json([entry.record["task"], entry.mode, entry.compression.kind, entry.compression.method,
-                              entry.compression.level, _point_key(entry, axis)])
+                              entry.compression.level, _base(entry.record), _point_key(entry, axis)])
         cells[key].append(entry)
     rows = []
+    worse, recovered = [], []
     for key in sorted(cells, key=lambda k: _irreversibility_order(cells[k][0], chosen, gaps)):
         group = cells[key]
         first = group[0]
         axis = chosen[first.record["task"]]
         raw = _point_key(first, axis)
+        base = _base(first.record)
         value = float(np.mean([e.value for e in group]))
         dense = float(np.mean([e.dense_value for e in group]))
-        sign = 1.0 if first.record.get("higher_is_better", True) else -1.0
+        sign = 1.0 if first.higher_is_better else -1.0
+        point = Cell(group, 0.0, raw, "", "raw").point()
+        drop = 1.0 - point.estimate
+        var_item = float(np.var(point.draws[np.isfinite(point.draws)], ddof=1)) if point.draws is not None else 0.0
+        df = len(group) - 1
+        s2 = float(np.var(point.replicates, ddof=1)) if df > 0 else 0.0
+        var_seed = s2 / len(group)
+        ci = None
+        if point.draws is not None or s2 > 0:
+            rng = stats.content_rng(seed, "irreversibility", key)
+            draws = point.draws if point.draws is not None else np.full(n_resamples, point.estimate)
+            if s2 > 0:
+                draws = draws + math.sqrt(var_seed) * rng.standard_t(df, n_resamples)
+            ci = stats.interval(1.0 - draws)
+        if ci is None:  # one seed and no per-item values: nothing to test against
+            worse.append(math.nan), recovered.append(math.nan)
+        else:
+            worse.append(stats.upper_tail(drop, var_item, var_seed, df))
+            recovered.append(stats.upper_tail(margin - drop, var_item, var_seed, df))
         rows.append({
             "task": first.record["task"],
             "mode": first.mode,
             "compression_kind": first.compression.kind,
             "method": first.compression.method,
             "level": first.compression.level,
+            "base": base,
             "axis": axis.name,
-            "difficulty": raw if axis.name != "gap" else _json_value(gaps[raw][0]),
+            "difficulty": raw if axis.name != "gap" else _json_value(gaps[(raw, base)][0]),
             "label": _label(axis, raw),
             "metric": first.record["primary_metric"],
             "transfer": value,
             "dense_transfer": dense,
             "gap": sign * (dense - value),
-            "normalised": float(np.mean([e.normalised for e in group])),
+            "normalised": point.estimate,
+            "drop": drop,
+            "drop_ci95": ci,
             "seeds": len(group),
         })
+    adjusted_worse, adjusted_recovered = stats.holm(worse), stats.holm(recovered)
+    level = stats.ALPHA / 2
+    for row, p_worse, p_recovered in zip(rows, adjusted_worse, adjusted_recovered):
+        row["p_adjusted"] = {"irreversible": _json_value(p_worse), "recovered": _json_value(p_recovered)}
+        if math.isfinite(p_worse) and p_worse <= level:
+            row["verdict"] = "irreversible"
+        elif math.isfinite(p_recovered) and p_recovered <= level:
+            row["verdict"] = "recovered"
+        else:
+            row["verdict"] = "inconclusive"
     return rows

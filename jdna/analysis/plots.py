@@ -9,7 +9,12 @@ Kinds:
 2. `methods`   pruning vs quantization vs low-rank on the bits-per-weight axis (Fig. 7);
 3. `transfer`  the transfer settings side by side (Figs 8–9);
 4. `lmc`       linear-mode-connectivity curves, one per task (Fig. 10);
-5. `spearman`  Spearman ρ per compression level with its 95% interval.
+5. `spearman`  Spearman ρ per compression level with its 95% interval;
+6. `trend`     the slope of the drop over difficulty per compression level, with its 95% interval and verdict.
+
+Every point that is a metric carries its bootstrap 95% interval: bands along lines over sparsity, error bars
+where points are few (bits per weight, ρ, slopes). LMC curves are drawn as measured (lmc records hold no
+per-point interval).
 
 Figures use `matplotlib.figure.Figure` directly (no pyplot), so nothing touches a GUI backend or global
 state, and the Okabe–Ito palette (distinguishable with common colour-vision deficiencies), with markers and
@@ -27,6 +32,7 @@ from matplotlib.figure import Figure
 
 from jdna.analysis.baselines import BaselineTable
 from jdna.analysis.difficulty import Analysis, Axis, analyse
+from jdna.analysis.stats import SHAPE_RHO
 from jdna.errors import JdnaError, unknown_name_error
 
 # Okabe & Ito (2008), ordered so that the first colours are the most distinct on white; yellow goes last.
@@ -35,7 +41,7 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 LINESTYLES = ("-", "--", "-.", ":")
 TEXT_MARKS = "ox+*#@%&"
 
-KINDS = {"sparsity": 1, "methods": 2, "transfer": 3, "lmc": 4, "spearman": 5}
+KINDS = {"sparsity": 1, "methods": 2, "transfer": 3, "lmc": 4, "spearman": 5, "trend": 6}
 KIND_NAMES = {number: name for name, number in KINDS.items()}
 TRANSFER_ORDER = ("dense", "freeze", "sparse", "regrow")
 TRANSFER_TITLES = {
@@ -95,12 +101,12 @@ class Chart:
 
 
 def kind_number(kind: str) -> int:
-    """1–5 from a number or a name; unknown kinds raise with the valid ones."""
+    """1–6 from a number or a name; unknown kinds raise with the valid ones."""
     if kind.isdigit() and int(kind) in KIND_NAMES:
         return int(kind)
     if kind in KINDS:
         return KINDS[kind]
-    raise unknown_name_error("plot kind", kind, [*KINDS, "1", "2", "3", "4", "5", "auto"])
+    raise unknown_name_error("plot kind", kind, [*KINDS, *map(str, KIND_NAMES), "auto"])
 
 
 def auto_kind(records: Sequence[dict[str, Any]]) -> int:
@@ -139,6 +145,12 @@ def _metric_label(group: dict[str, Any]) -> str:
     return f"Normalised {metric}" if metric else "Normalised performance"
 
 
+def _ratio_label(group: dict[str, Any]) -> str:
+    if group.get("scale") == "chance-corrected":
+        return " (above-chance share kept)"
+    return " (compressed / dense)"
+
+
 def _group_title(group: dict[str, Any], with_method: bool = True) -> str:
     task = group["task"] or "across tasks"
     task = task.removeprefix("bigbench:")
@@ -160,24 +172,27 @@ def _points(group: dict[str, Any]) -> list[str]:
 
 def _difficulty_series(group: dict[str, Any], x_of: Any, dense_x: float | None) -> list[Series]:
     """One series per difficulty level of a group: normalised performance against `x_of(level)`, starting at
-    the dense model (normalised 1) when `dense_x` is given; bands where more than one seed was run."""
+    the dense model (normalised 1) when `dense_x` is given; bands = the bootstrap 95% intervals."""
     series = []
-    axis_name = group["axis"].split(":")[0]
     for style, label in enumerate(_points(group)):
         xs, ys, lo, hi = [], [], [], []
-        banded = False
+        banded = flagged = False
         if dense_x is not None:
             xs.append(dense_x), ys.append(1.0), lo.append(1.0), hi.append(1.0)
         for level in group["levels"]:
             if label not in level["labels"]:
                 continue
             p = level["labels"].index(label)
-            xs.append(x_of(level)), ys.append(level["normalised"][p])
+            y = level["normalised"][p]
+            xs.append(x_of(level)), ys.append(math.nan if y is None else y)
             ci = level["normalised_ci95"][p]
-            banded |= bool(ci) and level["seeds"][p] > 1
-            lo.append(ci[0] if ci else level["normalised"][p])
-            hi.append(ci[1] if ci else level["normalised"][p])
-        name = label if axis_name == "gap" else f"{label}"
+            # Near chance the ratio's interval is unbounded and says nothing: such points are named, not banded.
+            if level.get("near_chance") and level["near_chance"][p]:
+                flagged, ci = True, None
+            banded |= bool(ci)
+            lo.append(ci[0] if ci else ys[-1])
+            hi.append(ci[1] if ci else ys[-1])
+        name = label + (" (dense near chance)" if flagged else "")
         series.append(Series(name.removeprefix("bigbench:"), xs, ys, lo if banded else None, hi if banded else None,
                              style))
     return series
@@ -193,7 +208,7 @@ def sparsity_chart(analysis: Analysis | dict[str, Any]) -> Chart:
         title = _group_title(group)
         if group.get("transfer"):
             title += f", {group['transfer']} transfer"
-        panels.append(Panel(title, "Sparsity", _metric_label(group) + " (compressed / dense)",
+        panels.append(Panel(title, "Sparsity", _metric_label(group) + _ratio_label(group),
                             _difficulty_series(group, lambda lv: lv["level"], 0.0),
                             legend_title=_axis_title(group["axis"])))
     return Chart("sparsity", panels)
@@ -225,12 +240,17 @@ def methods_chart(analysis: Analysis | dict[str, Any]) -> Chart:
                 title = f"{_group_title(group, with_method=False)}\n{where}"
                 panels[key] = Panel(title, BITS_AXIS_LABEL, _metric_label(group) + " (÷ dense)",
                                     legend_title="method", invert_x=True)
-            xs, ys = [16.0], [1.0]
+            xs, ys, lo, hi = [16.0], [1.0], [1.0], [1.0]
             for level in sorted(group["levels"], key=lambda lv: -(lv["bits_per_weight"] or 0)):
                 if label in level["labels"] and level["bits_per_weight"] is not None:
-                    xs.append(level["bits_per_weight"]), ys.append(level["normalised"][level["labels"].index(label)])
+                    p = level["labels"].index(label)
+                    y = level["normalised"][p]
+                    if y is None:  # undefined (e.g. a dense model exactly at chance): nothing to draw
+                        continue
+                    ci = level["normalised_ci95"][p] or [y, y]
+                    xs.append(level["bits_per_weight"]), ys.append(y), lo.append(ci[0]), hi.append(ci[1])
             name = f"{KIND_LABELS.get(method[0], method[0])} ({method[1]})"
-            panels[key].series.append(Series(name, xs, ys, style=styles[method]))
+            panels[key].series.append(Series(name, xs, ys, lo, hi, style=styles[method], errorbars=True))
     return Chart("methods", list(panels.values()))
 
 
@@ -304,7 +324,7 @@ def spearman_chart(analysis: Analysis | dict[str, Any]) -> Chart:
             title = "Spearman ρ between difficulty and drop" + (f"\n{single}" if single else "")
             panels[axis] = Panel(title, xlabel, "Spearman ρ (95% CI)",
                                  legend_title="method" if single else "group",
-                                 hlines=[(0.0, "ρ = 0"), (0.8, "monotone threshold")],
+                                 hlines=[(0.0, "ρ = 0"), (SHAPE_RHO, "shape guard")],
                                  invert_x=axis != "sparsity", ylim=(-1.05, 1.1))
         xs, ys, lo, hi = [], [], [], []
         for level in group["levels"]:
@@ -324,6 +344,39 @@ def spearman_chart(analysis: Analysis | dict[str, Any]) -> Chart:
     return Chart("spearman", list(panels.values()))
 
 
+VERDICT_MARKS = {"monotone": "▲", "not monotone": "▼", "inconclusive": "?"}
+
+
+def trend_chart(analysis: Analysis | dict[str, Any]) -> Chart:
+    """Kind 6: the slope of normalised drop on difficulty rank per compression level (the statistic the verdict
+    tests), with its 95% interval; the legend says each level's verdict (▲ monotone, ▼ not monotone,
+    ? inconclusive) and a line marks the smallest trend worth detecting."""
+    groups = _groups(analysis)
+    panels: dict[str, Panel] = {}
+    for style, group in enumerate(groups):
+        axis = group["level_axis"]
+        if axis not in panels:
+            xlabel = "Sparsity" if axis == "sparsity" else "Bits per weight"
+            min_trend = next((lv["power"]["min_trend"] for lv in group["levels"] if lv.get("power")), None)
+            hlines = [(0.0, "no trend")] + ([(min_trend, "min. trend")] if min_trend else [])
+            panels[axis] = Panel("Drop per difficulty step", xlabel, "Slope of drop (95% CI)",
+                                 legend_title="group: verdicts by level", hlines=hlines, invert_x=axis != "sparsity")
+        xs, ys, lo, hi, marks = [], [], [], [], []
+        for level in group["levels"]:
+            slope = (level.get("slope") or {}).get("value")
+            if slope is None:
+                continue
+            ci = level["slope"]["ci95"] or [slope, slope]
+            xs.append(level["level"]), ys.append(slope), lo.append(ci[0]), hi.append(ci[1])
+            marks.append(VERDICT_MARKS.get(level.get("verdict", ""), "?"))
+        name = _group_title(group).replace("\n", ", ") + ("" if not group.get("transfer")
+                                                          else f", {group['transfer']} transfer")
+        panels[axis].series.append(Series(f"{name}: {''.join(marks)}", xs, ys, lo, hi, style=style, errorbars=True))
+    if not panels:
+        raise JdnaError("no groups to plot")
+    return Chart("trend", list(panels.values()))
+
+
 def _groups(analysis: Analysis | dict[str, Any]) -> list[dict[str, Any]]:
     return analysis.groups if isinstance(analysis, Analysis) else list(analysis.get("groups", []))
 
@@ -334,7 +387,7 @@ def build_chart(kind: int, records: Sequence[dict[str, Any]], analysis: Analysis
         return lmc_chart(records)
     if analysis is None:
         raise JdnaError(f"--kind {KIND_NAMES[kind]} needs eval or difficulty records")
-    return {1: sparsity_chart, 2: methods_chart, 3: transfer_chart, 5: spearman_chart}[kind](analysis)
+    return {1: sparsity_chart, 2: methods_chart, 3: transfer_chart, 5: spearman_chart, 6: trend_chart}[kind](analysis)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -485,6 +538,7 @@ def analysis_of(
     baselines: BaselineTable | None = None,
     n_resamples: int = 1000,
     seed: int = 0,
+    **options: Any,
 ) -> Analysis | dict[str, Any] | None:
     """What kinds 1, 2, 3 and 5 draw from: the analysis of eval records, or the groups of difficulty
     records (which already hold it); None when there are neither."""
@@ -493,7 +547,7 @@ def analysis_of(
     if evals and done:
         raise JdnaError("got both eval and difficulty records: plot one or the other")
     if evals:
-        return analyse(evals, axes=axes, baselines=baselines, n_resamples=n_resamples, seed=seed)
+        return analyse(evals, axes=axes, baselines=baselines, n_resamples=n_resamples, seed=seed, **options)
     if done:
         return {"groups": [g for r in done for g in r["groups"]]}
     return None
@@ -529,3 +583,8 @@ def plot_lmc(records: Sequence[dict[str, Any]]) -> Figure:
 def plot_spearman(records: Sequence[dict[str, Any]], **analysis_options: Any) -> Figure:
     """Kind 5: Spearman ρ per compression level with its 95% interval."""
     return plot_records(5, records, **analysis_options)
+
+
+def plot_trend(records: Sequence[dict[str, Any]], **analysis_options: Any) -> Figure:
+    """Kind 6: the slope of the drop over difficulty per compression level, with its interval and verdict."""
+    return plot_records(6, records, **analysis_options)

@@ -53,12 +53,20 @@ def _number(value: Any, default: float) -> float:
 
 
 def compression_of(record: Record) -> Compression:
-    """The compression of an eval record's model; a missing compression or method "dense" means dense."""
-    comp = (record.get("model") or {}).get("compression") or {}
+    """The compression of an eval record's model; a missing compression or method "dense" means dense.
+
+    A model pruned outside jdna names its dense model in `model.dense_parent`; it is never a dense baseline,
+    and when its compression block says nothing more it counts as pruning by method "external", at its
+    measured sparsity.
+    """
+    model = record.get("model") or {}
+    comp = model.get("compression") or {}
     method = str(comp.get("method") or "dense")
     kind = str(comp.get("kind") or ("dense" if method == "dense" else "pruned"))
     sparsity = _number(comp.get("sparsity"), 0.0)
     bits = _number(comp.get("bits_per_weight"), 16.0)
+    if model.get("dense_parent") and (method == "dense" or kind == "dense"):
+        method, kind = "external", "pruned"
     if method == "dense" or kind == "dense":
         return Compression("dense", "dense", 0.0, 0.0, 16.0)
     if kind == "pruned":
