@@ -76,10 +76,11 @@ AXES: dict[str, Axis] = {
     "train_fraction": Axis("train_fraction", "lower", 1.0),
     "shots": Axis("shots", "lower", 0.0),
     "context_tokens": Axis("context_tokens", "lower"),
+    "context_fraction": Axis("context_fraction", "lower", 1.0),
     "options": Axis("options", "higher"),
     "gap": Axis("gap", "higher"),
 }
-WITHIN_TASK_AXES = ("train_examples", "train_fraction", "shots", "context_tokens", "options")
+WITHIN_TASK_AXES = ("train_examples", "train_fraction", "shots", "context_tokens", "context_fraction", "options")
 
 
 def parse_axis(text: str) -> Axis:

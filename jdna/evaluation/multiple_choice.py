@@ -131,6 +131,7 @@ class MultipleChoice:
             "predictions": [s["prediction"] for s in samples],
             "predictions_norm": [s["prediction_norm"] for s in samples],
             "golds": [item.gold for item in items],
+            "n_options": [len(item.choices or []) for item in items],  # chance per item, for difficulty's floor
         }
         return Outcome(
             metrics, per_item, samples, seconds, extra={"load_seconds": round(load_seconds, 3)}, item_values=values
@@ -175,6 +176,7 @@ def run_head(ctx: EvalContext, max_length: int) -> Outcome:
         "values": acc,
         "predictions": [s["prediction"] for s in samples],
         "golds": [item.gold for item in items],
+        "n_options": [len(item.choices or []) for item in items],
     }
     extra = {"load_seconds": round(load_seconds, 3), "scorer": "multiple_choice_head"}
     return Outcome(metrics, per_item, samples, seconds, extra=extra)
