@@ -12,6 +12,7 @@ from jdna.analysis import BaselineTable, analyse, load_records, parse_axis
 from jdna.commands.common import console, emit
 from jdna.errors import JdnaError
 from jdna.io import canonical_json, sha256_text, write_json_atomic
+from jdna.outputs import check_target, claim_record, input_files
 from jdna.paths import expand, runs_dir
 
 
@@ -86,6 +87,7 @@ def difficulty(
         str | None,
         typer.Option("--output", "-o", help="Record path (default: content-addressed under ./runs/difficulty/)."),
     ] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing -o file.")] = False,
 ) -> None:
     """Normalised performance by task difficulty, and the Junk DNA hypothesis statistics per compression level.
 
@@ -100,15 +102,17 @@ def difficulty(
     out = expand(output) if output else None
     if out is not None and out.is_dir():
         raise JdnaError(f"-o '{output}' is a directory: give a file path ending in .json")
+    if out is not None:
+        check_target(out, "-o")
     loaded = load_records(records or [], stdin=sys.stdin, kinds=("eval",))
     analysis = analyse(loaded, axes=axes, baselines=table_, n_resamples=resamples, seed=seed)
     body = analysis.record()
     record_id = sha256_text(canonical_json([body, sorted(str(r.get("id") or r.get("path")) for r in loaded)]))
-    if out is None:
-        out = runs_dir() / "difficulty" / f"{record_id[:20]}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
+    explicit = out is not None
+    out = out if out is not None else runs_dir() / "difficulty" / f"{record_id[:20]}.json"
+    claim = claim_record(out, record_id, explicit, force, input_files(records, loaded))
     record = {"kind": "difficulty", "path": str(out), "id": record_id, "n_records": len(loaded), **body}
-    write_json_atomic(out, record)
+    write_json_atomic(out, record, claim)
 
     console.print(table(record), markup=False, highlight=False, soft_wrap=True)
     if record["irreversibility"]:

@@ -12,6 +12,7 @@ import typer
 from jdna.commands.common import CliReporter, emit, model_from_stdin
 from jdna.errors import JdnaError
 from jdna.models import load_model, resolve
+from jdna.outputs import check_target, dir_mode
 from jdna.paths import expand
 
 
@@ -33,11 +34,13 @@ def export(
         raise JdnaError(f"'{target}' already exists: choose a new directory for -o")
     if not target.parent.is_dir():
         raise JdnaError(f"output directory '{target.parent}' does not exist: create it first")
+    check_target(target, "-o", directory_ok=True)  # the output policy (jdna/outputs.py): a writable directory
     reporter = CliReporter("export")
     ref = resolve(model_from_stdin(model), allow_pickle=allow_pickle)
     reporter.log(f"materialising {ref.display_name}")
     loaded, tokenizer = load_model(ref, allow_pickle=allow_pickle)
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    work.chmod(dir_mode())  # mkdtemp makes it 0700 whatever the umask
     try:
         loaded.save_pretrained(work, safe_serialization=True)
         tokenizer.save_pretrained(work)

@@ -26,6 +26,7 @@ from jdna.artifact import (
     Artifact,
     artifact_id,
     cached_artifact,
+    claim_artifact_output,
     default_output_path,
     pack_mask,
     parent_reference,
@@ -42,6 +43,7 @@ from jdna.calibration import (
 from jdna.errors import JdnaError, unknown_name_error
 from jdna.io import sha256_file
 from jdna.models import ModelRef, load_model
+from jdna.outputs import model_inputs
 from jdna.paths import expand
 from jdna.progress import Reporter
 from jdna.prunable import PrunableMatrix, prunable_matrices
@@ -447,7 +449,7 @@ def run_quantize(
     existing = cached_artifact(path, identity, output is not None, force, reporter)
     if existing is not None:
         return record_of(existing, cached=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    claim = claim_artifact_output(path, identity, output is not None, force, model_inputs(ref))
     started = time.perf_counter()
     model, tokenizer = load_model(ref)
     # Checked before the first log line, so bad input still fails with exactly one line on stderr.
@@ -488,7 +490,7 @@ def run_quantize(
         "masks": masks,
         "stats": stats,
     }
-    write_artifact(path, header, tensors)
+    write_artifact(path, header, tensors, claim)
     return record_of(read_artifact(path), cached=False)
 
 
@@ -633,7 +635,7 @@ def run_lowrank(
     existing = cached_artifact(path, identity, output is not None, force, reporter)
     if existing is not None:
         return record_of(existing, cached=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    claim = claim_artifact_output(path, identity, output is not None, force, model_inputs(ref))
     started = time.perf_counter()
     model, _ = load_model(ref)
     prunable_matrices(model, config.include, config.exclude)  # bad globs fail before the first log line
@@ -657,5 +659,5 @@ def run_lowrank(
         "lowrank": {name: item.entry for name, item in stored.items()},
         "stats": stats,
     }
-    write_artifact(path, header, tensors)
+    write_artifact(path, header, tensors, claim)
     return record_of(read_artifact(path), cached=False)
