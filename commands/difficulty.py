@@ -10,7 +10,7 @@ from tabulate import tabulate
 
 from jdna.analysis import BaselineTable, analyse, load_records, parse_axis
 from jdna.commands.common import console, emit
-from jdna.errors import JdnaError
+from jdna.errors import JdnaError, check_seed
 from jdna.io import canonical_json, sha256_text, write_json_atomic
 from jdna.outputs import check_target, claim_record, input_files
 from jdna.paths import expand, runs_dir
@@ -97,6 +97,7 @@ def difficulty(
 
     Methods are grouped apart; fine-tuned records are compared with dense transfer. See docs/analysis.md.
     """
+    check_seed(seed)
     axes = [parse_axis(a) for a in axis] if axis else None
     table_ = BaselineTable.load(baselines)
     out = expand(output) if output else None

@@ -10,7 +10,7 @@ import typer
 from jdna.analysis import BaselineTable, load_records, parse_axis
 from jdna.analysis.plots import KIND_NAMES, analysis_of, auto_kind, build_chart, kind_number, render, text_chart
 from jdna.commands.common import console, emit
-from jdna.errors import JdnaError
+from jdna.errors import JdnaError, check_seed
 from jdna.outputs import check_target, claim_output, input_files
 from jdna.paths import expand
 
@@ -62,6 +62,7 @@ def plot(
         check_target(out, "-o")
     if dpi < 50 or dpi > 1200:
         raise JdnaError(f"--dpi {dpi} is outside 50–1200")
+    check_seed(seed)
     loaded = load_records(records or [], stdin=sys.stdin, kinds=("eval", "lmc", "difficulty"))
     claim = claim_output(out, replace=force, protected=input_files(records, loaded)) if out is not None else None
     number = number or auto_kind(loaded)

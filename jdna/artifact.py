@@ -88,8 +88,20 @@ def default_output_path(kind: str, identity: str) -> Path:
     return runs_dir() / kind / f"{identity[:20]}.safetensors"
 
 
-def _digest_tensor(digest: Any, name: str, tensor: torch.Tensor) -> None:
+def dense_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """A CPU tensor with standard row-major strides.
+
+    `.contiguous()` alone is not enough: a [n, 1] factor counts as contiguous whatever the stride of its
+    size-1 dimension, and then cannot be viewed as bytes (a rank-1 low-rank factor did exactly that).
+    """
     tensor = tensor.detach().cpu().contiguous()
+    if tensor.dim() and tensor.stride(-1) != 1:
+        tensor = tensor.reshape(-1).clone().reshape(tensor.shape)
+    return tensor
+
+
+def _digest_tensor(digest: Any, name: str, tensor: torch.Tensor) -> None:
+    tensor = dense_tensor(tensor)
     digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
     digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
 
@@ -139,7 +151,7 @@ def write_artifact(
     full["version"] = FORMAT_VERSION
     full["versions"] = versions()
     full["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    contiguous = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
+    contiguous = {name: dense_tensor(t) for name, t in tensors.items()}
     full["tensors_sha256"] = tensors_sha256(contiguous)
     full["tensor_sha256"] = {name: tensor_sha256(name, t) for name, t in contiguous.items()}
     full["header_sha256"] = header_sha256(full)

@@ -37,3 +37,10 @@ def unknown_name_error(what: str, name: str, choices: Iterable[str]) -> JdnaErro
         near = f"nearest: {', '.join(close)}; " if close else ""
         return JdnaError(f"unknown {what} '{shown}': {hint}{near}{len(options)} valid names in all")
     return JdnaError(f"unknown {what} '{shown}': {hint}valid: {', '.join(options)}")
+
+
+def check_seed(seed: int, flag: str = "--seed") -> int:
+    """Seeds feed numpy and torch generators, which refuse negative values (after the work, not before it)."""
+    if seed < 0:
+        raise JdnaError(f"{flag} {seed} is negative: use 0 or more")
+    return seed

@@ -40,7 +40,7 @@ from jdna.calibration import (
     collect_inputs,
     read_calibration_text,
 )
-from jdna.errors import JdnaError, unknown_name_error
+from jdna.errors import JdnaError, check_seed, unknown_name_error
 from jdna.io import sha256_file
 from jdna.models import ModelRef, load_model
 from jdna.outputs import model_inputs
@@ -144,6 +144,7 @@ def plan_quantize(config: QuantizeConfig) -> QuantizePlan:
     Whether ``--group-size`` divides every matrix's input width can only be checked once the model's
     shapes are known: :func:`quantize_model` does it before quantizing anything.
     """
+    check_seed(config.seed)
     if config.method not in QUANT_METHODS:
         raise unknown_name_error("method", config.method, QUANT_METHODS)
     if config.bits is None:
