@@ -12,7 +12,7 @@ import typer
 from jdna.commands.common import CliReporter, emit, model_from_stdin
 from jdna.errors import JdnaError
 from jdna.models import load_model, resolve
-from jdna.outputs import check_target, dir_mode
+from jdna.outputs import check_target, dir_mode, is_write_library_error, write_failure
 from jdna.paths import expand
 
 
@@ -45,8 +45,10 @@ def export(
         loaded.save_pretrained(work, safe_serialization=True)
         tokenizer.save_pretrained(work)
         work.rename(target)
-    except OSError as error:
-        raise JdnaError(f"could not write '{target}': {error.strerror or error}") from None
+    except Exception as error:  # the OS's errors, and the writing libraries' own (safetensors, tokenizers)
+        if isinstance(error, OSError) or is_write_library_error(error):
+            raise write_failure(target, error) from None
+        raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
     record = {"path": str(target), "kind": "hf-dir", "source": ref.display_name, "lineage": ref.lineage()}

@@ -101,7 +101,7 @@ def _same_file(a: Path, b: Path) -> bool:
         return os.path.abspath(a) == os.path.abspath(b)
 
 
-def _is_write_library_error(error: BaseException) -> bool:
+def is_write_library_error(error: BaseException) -> bool:
     return type(error).__module__.split(".")[0] in _WRITE_LIBRARIES
 
 
@@ -221,7 +221,7 @@ class Claim:
             raise write_failure(self.path, error) from None
         except Exception as error:
             self._remove_created_parents_after(tmp)
-            if _is_write_library_error(error):
+            if is_write_library_error(error):
                 raise write_failure(self.path, error) from None
             raise
         except BaseException:

@@ -11,6 +11,7 @@ its kind, every knob and the protocol version (not the batch size, which does no
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -242,6 +243,8 @@ def run_eval(
     samples_claim = None
     if config.log_samples is not None:
         samples = expand(config.log_samples)
+        if os.path.abspath(samples) == os.path.abspath(path):
+            raise JdnaError(f"--log-samples and -o name the same file '{samples}': give each its own path")
         samples_claim = claim_output(samples, flag="--log-samples", replace=force, protected=[*protected, path])
 
     device, dtype = _device_and_dtype()
