@@ -90,10 +90,40 @@ def base_env(ctx: Ctx) -> dict[str, str]:
     return env
 
 
+IN_PROCESS = False  # --in-process: call the CLI's main() here (fast); resource limits and stdout files still fork
+
+
+def _in_process(ctx: Ctx, args: list[str], env: dict[str, str], stdin: str | None, umask: int | None) -> Result:
+    import io
+
+    from jdna.commands.app import main
+
+    saved_env, saved_streams, saved_cwd = dict(os.environ), (sys.stdin, sys.stdout, sys.stderr), os.getcwd()
+    old_umask = os.umask(umask) if umask is not None else None
+    out, err = io.StringIO(), io.StringIO()
+    os.environ.clear()
+    os.environ.update(env)
+    sys.stdin, sys.stdout, sys.stderr = io.StringIO(stdin or ""), out, err
+    os.chdir(ctx.root)
+    started = time.monotonic()
+    try:
+        code = main(list(args))
+    finally:
+        sys.stdin, sys.stdout, sys.stderr = saved_streams
+        os.environ.clear()
+        os.environ.update(saved_env)
+        os.chdir(saved_cwd)
+        if old_umask is not None:
+            os.umask(old_umask)
+    return Result(code, out.getvalue(), err.getvalue(), time.monotonic() - started)
+
+
 def jdna(ctx: Ctx, args: list[str], env: dict[str, str] | None = None, stdin: str | None = None,
          umask: int | None = None, fsize: int | None = None, stdout_path: str | None = None) -> Result:
     full_env = base_env(ctx)
     full_env.update(env or {})
+    if IN_PROCESS and fsize is None and stdout_path is None:
+        return _in_process(ctx, args, full_env, stdin, umask)
 
     def limits() -> None:
         if umask is not None:
@@ -337,7 +367,8 @@ def race(ctx: Ctx, name: str, commands: list[list[str]], env: dict[str, str] | N
     full_env.update(env or {})
     procs = [subprocess.Popen([sys.executable, "-m", "jdna", *args], env=full_env, cwd=ctx.root, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for args in commands]
-    return [Result(p.returncode, *p.communicate(timeout=600), 0.0) for p in procs]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    return [Result(p.returncode, out, err, 0.0) for p, (out, err) in zip(procs, outputs)]
 
 
 # --- the cases ---------------------------------------------------------------------------------------------
@@ -517,7 +548,7 @@ def cases() -> list[Case]:  # noqa: C901, PLR0915
         ("quant shape that does not fit its codes", lambda h, t: h["quant"][first_quant(h)].__setitem__(
             "shape", [4096, 4096]), "q", "do not fit"),
         ("quantized calling itself pruned", lambda h, t: h.__setitem__("kind", "pruned"), "q", "does not hold"),
-        ("a stray tensor", lambda h, t: t.__setitem__("weight.evil", t[next(iter(t))]), "q", "does not hold"),
+        ("a stray tensor", lambda h, t: t.__setitem__("weight.evil", t[next(iter(t))].clone()), "q", "does not hold"),
     ]
     for index, (name, edit, source, fragment) in enumerate(header_lies):
         add(f"info: {name}", "headers",
@@ -615,8 +646,8 @@ def cases() -> list[Case]:  # noqa: C901, PLR0915
         lambda x: ["eval", str(x.llama), "--task", f"file:{fifo(x, 'f9', '.jsonl')}"], fragment="task file")
     add("duplicate option texts are warned about", "files",
         lambda x: ["eval", str(x.llama), "--task", task_file(
-            x, "f10", b'{"question": "q", "choices": ["a", "b", "a"], "gold": 2}\n' * 1
-            + b'{"question": "r", "choices": ["a", "b"], "gold": 0, "id": "2"}\n')], "ok",
+            x, "f10", b"".join(b'{"question": "q", "choices": ["a", "b", "a"], "gold": 2, "split": "test", "id": %d}\n'
+                               % i for i in range(3)))], "ok",
         check=lambda x, r: None if "twice" in r.stderr else "no warning")
     add("a latin-1 baselines file", "files",
         lambda x: ["difficulty", *map(str, x.eval_records), "--baselines",
@@ -653,7 +684,7 @@ def cases() -> list[Case]:  # noqa: C901, PLR0915
         fragment="not a regular file")
     add("an unknown BIG-bench task among ~1,000 is a short line", "environment",
         lambda x: ["eval", str(x.llama), "--task", "bigbench:no_such_tsk"],
-        fragment="bigbench", env={"JDNA_BIGBENCH": str(Path.home() / ".cache/jdna/bigbench/benchmark_tasks")},
+        fragment="BIG-bench task", env={"JDNA_BIGBENCH": str(Path.home() / ".cache/jdna/bigbench/benchmark_tasks")},
         check=lambda x, r: "line too long" if len(r.stderr) > 600 else None)
     add("JDNA_RUNS empty means ./runs", "environment",
         lambda x: ["prune", str(x.llama), "-s", "0.5", "-o", str(x.pruned)], "ok", env={"JDNA_RUNS": ""})
@@ -730,7 +761,7 @@ def _damaged(ctx: Ctx, name: str, how: str) -> Path:
 
 def _changed_parent(ctx: Ctx, name: str) -> Path:
     directory = ctx.fresh(name)
-    parent = directory / "parent.safetensors"
+    parent = directory / f"{name}-parent.safetensors"  # unique: the parent lookup searches sibling folders
     shutil.copy(ctx.pruned, parent)
     child = directory / "child.safetensors"
     made = jdna(ctx, ["prune", str(parent), "-s", "0.8", "-o", str(child)])
@@ -741,7 +772,7 @@ def _changed_parent(ctx: Ctx, name: str) -> Path:
 
 def _orphan(ctx: Ctx, name: str) -> Path:
     child = _changed_parent(ctx, name)
-    (child.parent / "parent.safetensors").unlink()
+    (child.parent / f"{name}-parent.safetensors").unlink()
     return child
 
 
@@ -750,7 +781,15 @@ def main() -> int:
     parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "jdna-hostile"))
     parser.add_argument("--only", default="")
     parser.add_argument("--keep", action="store_true", help="Keep the work directory afterwards.")
+    parser.add_argument("--in-process", action="store_true",
+                        help="Run the CLI in this process (much faster; file-size limits and stdout files still fork).")
     options = parser.parse_args()
+    global IN_PROCESS
+    IN_PROCESS = options.in_process
+    if IN_PROCESS:
+        import torch
+
+        torch.set_num_threads(1)
     root = Path(options.workdir)
     ctx = build(root)
     selected = [case for case in cases() if options.only in case.name or options.only == case.group]
