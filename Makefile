@@ -156,9 +156,9 @@ bench: install data
 # Each experiment: records.jsonl (one stdout line per step, written atomically at the end), then the
 # difficulty table and a figure from it.
 $(R)/%/difficulty.json: $(R)/%/records.jsonl
-	$(JDNA) difficulty $< -o $@ 2> >(tee $(R)/$*/table.txt >&2) >/dev/null
+	$(JDNA) difficulty $< -o $@ --force 2> >(tee $(R)/$*/table.txt >&2) >/dev/null
 $(R)/%/figure.png: $(R)/%/records.jsonl
-	$(JDNA) plot $< -o $@ >/dev/null
+	$(JDNA) plot $< -o $@ --force >/dev/null
 
 $(R)/setting1/records.jsonl: | install data
 	@mkdir -p $(@D); : > $@.tmp

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
@@ -21,6 +22,7 @@ try:  # newer typer vendors its own click
 except ImportError:  # pragma: no cover - older typer uses click itself
     _typer_click = click.exceptions
 
+MAX_ERROR_CHARS = 1000
 _EXIT = (click.exceptions.Exit, typer.Exit)
 _CLICK_ERRORS = (click.exceptions.ClickException, _typer_click.ClickException)
 _ABORT = (click.exceptions.Abort, typer.Abort)
@@ -204,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         message = " ".join(str(error).splitlines())  # one line, whatever a path or value in it holds
+        if len(message) > MAX_ERROR_CHARS:  # a value echoed back (a huge path, a list) must not flood stderr
+            message = message[: MAX_ERROR_CHARS - 1] + "…"
         sys.stderr.write(f"{prefix}: error: {message}\n")
         code = 2
     except _EXIT as exit_:
@@ -234,7 +238,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _finish(argv: list[str] | None, code: int) -> int:
-    sys.stdout.flush()
+    try:
+        sys.stdout.flush()
+    except OSError:  # stdout is gone or full; the error (if any) is already on stderr
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush cannot fail again
+        code = code or 2
     if argv is None:
         sys.exit(code)
     return code

@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 
 from jdna.errors import JdnaError
+from jdna.io import finite_json
+from jdna.outputs import check_target
 from jdna.progress import Meter, Reporter
 
 # Arguments and options that several commands share, declared once so their help and defaults stay in step.
@@ -128,9 +130,14 @@ def model_from_stdin(model: str | None) -> str:
 
 
 def emit(record: dict[str, Any]) -> None:
-    """Print the command's single JSON line on stdout."""
-    sys.stdout.write(json.dumps(record, sort_keys=False) + "\n")
-    sys.stdout.flush()
+    """Print the command's single JSON line on stdout (standard JSON: a NaN statistic prints as null)."""
+    try:
+        sys.stdout.write(json.dumps(finite_json(record), sort_keys=False) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as error:
+        raise JdnaError(f"could not write the record to stdout: {error.strerror or error}") from None
 
 
 def output_path(output: str | None) -> Path | None:
@@ -147,4 +154,4 @@ def output_path(output: str | None) -> Path | None:
         raise JdnaError(f"output directory '{path.parent}' is not a directory: choose another -o path")
     if not os.access(path.parent, os.W_OK):
         raise JdnaError(f"output directory '{path.parent}' is not writable: choose another -o path")
-    return path
+    return check_target(path, "-o")

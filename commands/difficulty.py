@@ -12,8 +12,9 @@ from jdna.analysis import BaselineTable, analyse, load_records, parse_axis
 from jdna.analysis.difficulty import RECOVERY_MARGIN
 from jdna.analysis.stats import ALPHA, MIN_LEVELS, MIN_TREND
 from jdna.commands.common import console, emit
-from jdna.errors import JdnaError
+from jdna.errors import JdnaError, check_seed
 from jdna.io import canonical_json, sha256_text, write_json_atomic
+from jdna.outputs import check_target, claim_record, input_files
 from jdna.paths import expand, runs_dir
 
 
@@ -170,6 +171,7 @@ def difficulty(
         str | None,
         typer.Option("--output", "-o", help="Record path (default: content-addressed under ./runs/difficulty/)."),
     ] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing -o file.")] = False,
 ) -> None:
     """Normalised performance by task difficulty, and the Junk DNA hypothesis statistics per compression level.
 
@@ -181,11 +183,14 @@ def difficulty(
 
     Methods are grouped apart; fine-tuned records are compared with dense transfer. See docs/analysis.md.
     """
+    check_seed(seed)
     axes = [parse_axis(a) for a in axis] if axis else None
     table_ = BaselineTable.load(baselines)
     out = expand(output) if output else None
     if out is not None and out.is_dir():
         raise JdnaError(f"-o '{output}' is a directory: give a file path ending in .json")
+    if out is not None:
+        check_target(out, "-o")
     loaded = load_records(records or [], stdin=sys.stdin, kinds=("eval",))
     analysis = analyse(loaded, axes=axes, baselines=table_, n_resamples=resamples, seed=seed, min_trend=min_trend,
                        gap_normalise=gap_normalise, recovery_margin=recovery_margin)
@@ -193,13 +198,13 @@ def difficulty(
     record_ids = sorted(str(r.get("id") or r.get("path")) for r in loaded)
     # The baseline table's bytes enter the id even when no gap axis used them: every input is addressed.
     record_id = sha256_text(canonical_json([body, record_ids, table_.inputs] if table_.inputs else [body, record_ids]))
-    if out is None:
-        out = runs_dir() / "difficulty" / f"{record_id[:20]}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
+    explicit = out is not None
+    out = out if out is not None else runs_dir() / "difficulty" / f"{record_id[:20]}.json"
+    claim = claim_record(out, record_id, explicit, force, input_files(records, loaded))
     record = {"kind": "difficulty", "path": str(out), "id": record_id, "n_records": len(loaded), **body}
     if table_.inputs:
         record["inputs"] = {"baselines": table_.inputs}
-    write_json_atomic(out, record)
+    write_json_atomic(out, record, claim)
 
     console.print(table(record), markup=False, highlight=False, soft_wrap=True)
     for line in _reasons(record):

@@ -12,6 +12,7 @@ from jdna.commands.common import AllowPickle, CliReporter, ModelArgument, emit, 
 from jdna.errors import JdnaError
 from jdna.evaluation import EvalConfig, parse_limit, prepare, run_evals, summary, validate
 from jdna.models import resolve
+from jdna.outputs import check_target
 from jdna.paths import expand
 from jdna.tasks import default_shots
 
@@ -24,7 +25,7 @@ def _record_path(output: str | None) -> Path | None:
         raise JdnaError(f"-o '{output}' is a directory: give a file path ending in .json")
     if not path.parent.is_dir():
         raise JdnaError(f"output directory '{path.parent}' does not exist: create it or choose another -o path")
-    return path
+    return check_target(path, "-o")
 
 
 def complete_task(incomplete: str) -> list[str]:

@@ -10,6 +10,7 @@ from jdna.commands.common import CliReporter, emit, model_from_stdin
 from jdna.errors import JdnaError
 from jdna.exporting import FORMATS, export_model
 from jdna.models import resolve
+from jdna.outputs import check_target, is_write_library_error, write_failure
 from jdna.paths import expand
 
 
@@ -45,9 +46,15 @@ def export(
         from jdna.compressed_tensors_export import require_compressed_tensors
 
         require_compressed_tensors()
+    check_target(target, "-o", directory_ok=True)  # the output policy (jdna/outputs.py): a writable directory
     reporter = CliReporter("export")
     ref = resolve(model_from_stdin(model), allow_pickle=allow_pickle)
-    metadata = export_model(ref, target, export_format, reporter, allow_pickle=allow_pickle)
+    try:
+        metadata = export_model(ref, target, export_format, reporter, allow_pickle=allow_pickle)
+    except Exception as error:  # the OS's errors, and the writing libraries' own (safetensors, tokenizers)
+        if isinstance(error, OSError) or is_write_library_error(error):
+            raise write_failure(target, error) from None
+        raise
     reporter.log(f"wrote {target} ({metadata['size_bytes'] / 1e6:.1f} MB, {export_format})")
     record = {
         "path": str(target),

@@ -8,6 +8,7 @@ import typer
 from tabulate import tabulate
 
 from jdna.commands.common import CliReporter, console, emit, output_path
+from jdna.errors import check_seed
 from jdna.lmc import alpha_grid, run_lmc
 from jdna.models import resolve
 
@@ -24,6 +25,7 @@ def lmc(
 ) -> None:
     """Evaluate θ(α) = (1−α)θ_A + αθ_B on a grid and report loss, metric and the barrier height."""
     alpha_grid(points)
+    check_seed(seed)
     out = output_path(output)
     ref_a, ref_b = resolve(model_a), resolve(model_b)
     record = run_lmc(ref_a, ref_b, task, points=points, limit=limit, seed=seed, output=out,

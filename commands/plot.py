@@ -11,7 +11,8 @@ from jdna.analysis import BaselineTable, load_records, parse_axis
 from jdna.analysis.plots import KIND_NAMES, analysis_of, auto_kind, build_chart, kind_number, render, text_chart
 from jdna.analysis.stats import MIN_TREND
 from jdna.commands.common import console, emit
-from jdna.errors import JdnaError
+from jdna.errors import JdnaError, check_seed
+from jdna.outputs import check_target, claim_output, input_files
 from jdna.paths import expand
 
 FORMATS = ("png", "svg", "pdf")
@@ -52,6 +53,7 @@ def plot(
     ] = "dense",
     dpi: Annotated[int, typer.Option(help="Resolution of PNG output.")] = 200,
     title: Annotated[str | None, typer.Option(help="Figure title (default: none, as papers caption figures).")] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing -o file.")] = False,
 ) -> None:
     """Draw one of the study's figures from result records (PNG/SVG/PDF, or a text chart without -o).
 
@@ -65,9 +67,12 @@ def plot(
             raise JdnaError(f"-o '{output}': the figure file must end in .png, .svg or .pdf")
         if out.is_dir() or not out.parent.is_dir():
             raise JdnaError(f"-o '{output}': give a file in an existing directory")
+        check_target(out, "-o")
     if dpi < 50 or dpi > 1200:
         raise JdnaError(f"--dpi {dpi} is outside 50–1200")
+    check_seed(seed)
     loaded = load_records(records or [], stdin=sys.stdin, kinds=("eval", "lmc", "difficulty"))
+    claim = claim_output(out, replace=force, protected=input_files(records, loaded)) if out is not None else None
     number = number or auto_kind(loaded)
     if number == 4:
         analysis = None
@@ -85,8 +90,10 @@ def plot(
         figure = render(chart)
         # The figure's size is fixed (no tight bbox) so that a figure's pixel size is predictable from its
         # panel count; constrained layout keeps the labels inside it.
-        figure.savefig(out, dpi=dpi, format=out.suffix.lower().lstrip("."),
-                       metadata={"Software": None} if out.suffix.lower() == ".png" else None)
+        assert claim is not None
+        with claim.write() as tmp:  # a failed write leaves the previous figure as it was
+            figure.savefig(tmp, dpi=dpi, format=out.suffix.lower().lstrip("."),
+                           metadata={"Software": None} if out.suffix.lower() == ".png" else None)
         width, height = figure.get_size_inches()
         record.update({"path": str(out), "format": out.suffix.lower().lstrip("."),
                        "width_in": float(width), "height_in": float(height)})

@@ -10,4 +10,4 @@ flags="--train-examples 500 --epochs 1 --max-length 64 --eval-limit 300"
     jdna prune minilm-l6 --sparsity 0.5 | jdna finetune --task $task --mode $mode $flags
   done
 } > transfer.jsonl
-jdna plot transfer.jsonl --kind transfer -o transfer.png
+jdna plot transfer.jsonl --kind transfer -o transfer.png --force

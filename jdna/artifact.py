@@ -11,7 +11,10 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import math
+import os
 import platform
+import random
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +27,8 @@ from safetensors.torch import save_file
 
 from jdna import __version__
 from jdna.errors import JdnaError
-from jdna.io import atomic_path, canonical_json, sha256_file, sha256_text
+from jdna.io import canonical_json, sha256_file, sha256_text
+from jdna.outputs import Claim, claim_output, unguarded
 from jdna.paths import runs_dir
 
 FORMAT_NAME = "jdna-artifact"
@@ -84,28 +88,77 @@ def default_output_path(kind: str, identity: str) -> Path:
     return runs_dir() / kind / f"{identity[:20]}.safetensors"
 
 
+def dense_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """A CPU tensor with standard row-major strides.
+
+    `.contiguous()` alone is not enough: a [n, 1] factor counts as contiguous whatever the stride of its
+    size-1 dimension, and then cannot be viewed as bytes (a rank-1 low-rank factor did exactly that).
+    """
+    tensor = tensor.detach().cpu().contiguous()
+    if tensor.dim() and tensor.stride(-1) != 1:
+        tensor = tensor.reshape(-1).clone().reshape(tensor.shape)
+    return tensor
+
+
+def _digest_tensor(digest: Any, name: str, tensor: torch.Tensor) -> None:
+    tensor = dense_tensor(tensor)
+    digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+    digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+
+
 def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
     """A hash over tensor names, dtypes, shapes and bytes; independent of header fields such as the time."""
     digest = hashlib.sha256()
     for name in sorted(tensors):
-        tensor = tensors[name].detach().cpu().contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        _digest_tensor(digest, name, tensors[name])
     return digest.hexdigest()
 
 
-def write_artifact(path: Path, header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """Write atomically; fills in format, versions, time and the tensor hash. Returns the full header."""
+def tensor_sha256(name: str, tensor: torch.Tensor) -> str:
+    """One tensor's hash, recorded per tensor so a cache hit on a large artifact can check a sample cheaply."""
+    digest = hashlib.sha256()
+    _digest_tensor(digest, name, tensor)
+    return digest.hexdigest()
+
+
+def header_sha256(header: dict[str, Any]) -> str:
+    """The hash of every header field but itself: an edited header no longer matches it."""
+    return sha256_text(canonical_json({k: v for k, v in header.items() if k != "header_sha256"}))
+
+
+def _check_written(expected: dict[str, Any], names: set[str]) -> Any:
+    """Read back what was just written: the header and the tensor names must be what was meant."""
+
+    def check(tmp: Path) -> None:
+        with safe_open(str(tmp), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            written = set(handle.keys())
+        if written != names or json.loads(metadata.get(METADATA_KEY, "null")) != expected:
+            raise JdnaError(f"the artifact written to '{tmp}' does not read back as written: disk or filesystem fault")
+
+    return check
+
+
+def write_artifact(
+    path: Path, header: dict[str, Any], tensors: dict[str, torch.Tensor], claim: Claim | None = None
+) -> dict[str, Any]:
+    """Write atomically; fills in format, versions, time and the hashes. Returns the full header.
+
+    `claim` is the command's claim on the path (jdna.outputs); without it the write is only atomic.
+    """
     full = dict(header)
     full["format"] = FORMAT_NAME
     full["version"] = FORMAT_VERSION
     full["versions"] = versions()
     full["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    contiguous = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
+    contiguous = {name: dense_tensor(t) for name, t in tensors.items()}
     full["tensors_sha256"] = tensors_sha256(contiguous)
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        save_file(contiguous, str(tmp), metadata={METADATA_KEY: json.dumps(full, sort_keys=True)})
+    full["tensor_sha256"] = {name: tensor_sha256(name, t) for name, t in contiguous.items()}
+    full["header_sha256"] = header_sha256(full)
+    text = json.dumps(full, sort_keys=True)
+    expected = json.loads(text)
+    with (claim or unguarded(Path(path))).write(verify=_check_written(expected, set(contiguous))) as tmp:
+        save_file(contiguous, str(tmp), metadata={METADATA_KEY: text})
     return full
 
 
@@ -165,16 +218,159 @@ def read_artifact(path: Path, verify: bool = False) -> Artifact:
         missing_name = key == "base" and "name" not in reference
         if missing_name or not all(isinstance(reference.get(f, ""), str) for f in fields):
             raise JdnaError(f"'{path}' has a malformed jdna header ('{key}' reference): recreate it")
+    if header["kind"] not in ARTIFACT_KINDS:
+        raise JdnaError(f"'{path}' has an unknown artifact kind {str(header['kind'])[:40]!r}: recreate it")
     with safe_open(str(path), framework="pt") as handle:
         names = list(handle.keys())
+        layout = {name: (handle.get_slice(name).get_dtype(), list(handle.get_slice(name).get_shape()))
+                  for name in names}
+    check_layout(path, header, layout)
     artifact = Artifact(path=path, header=header, tensor_names=names)
     if verify:
+        recorded = header.get("header_sha256")
+        if recorded is not None and recorded != header_sha256(header):
+            raise JdnaError(f"'{path}' is corrupt: its header was edited after it was written; recreate it")
         actual = tensors_sha256(artifact.tensors())
         if actual != header.get("tensors_sha256"):
             raise JdnaError(
                 f"'{path}' is corrupt: its tensors do not match the hash in its header; recreate it"
             )
     return artifact
+
+
+# --- the header must describe the tensors it sits on ---------------------------------------------------
+
+# Tensor name prefixes each kind may hold, and the header table whose entries they belong to.
+_KIND_PREFIXES = {
+    "pruned": ("mask.", "weight."),
+    "quantized": ("codes.", "scales.", "zeros.", "mask."),
+    "lowrank": ("left.", "right."),
+    "finetuned": ("weight.", "mask."),
+}
+_MAX_DIM = 1 << 40
+
+
+def _dims(value: Any) -> list[int] | None:
+    if not isinstance(value, list) or len(value) > 8:
+        return None
+    if not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < _MAX_DIM for d in value):
+        return None
+    return value
+
+
+def check_layout(path: Path, header: dict[str, Any], layout: dict[str, tuple[str, list[int]]]) -> None:
+    """Refuse a header that does not describe its tensors, before any tensor is read or allocated.
+
+    Declared masks must exist as uint8 streams of exactly the packed size their shape needs (a shape that
+    asks for 931 GiB fails here, not in an allocation), quantized and low-rank entries must have their
+    codes/scales or factors with matching sizes, and the tensors must be ones the kind produces.
+    """
+    kind = header["kind"]
+
+    def bad(reason: str) -> JdnaError:
+        return JdnaError(f"'{path}' has a header that does not match its tensors ({reason}): recreate it")
+
+    prefixes = _KIND_PREFIXES[kind]
+    for name in layout:
+        if not name.startswith(prefixes):
+            raise bad(f"a {kind} artifact does not hold a tensor like '{name[:60]}'")
+    masks = header.get("masks", {} if kind != "pruned" else None)
+    if not isinstance(masks, dict):
+        raise bad("'masks' is missing or not a table")
+    mask_tensors = {name[5:] for name in layout if name.startswith("mask.")}
+    if set(masks) != mask_tensors:
+        extra = sorted(set(masks) - mask_tensors) or sorted(mask_tensors - set(masks))
+        raise bad(f"mask '{extra[0][:60]}' is declared but not stored, or stored but not declared")
+    for name, shape in masks.items():
+        dims = _dims(shape)
+        if dims is None:
+            raise bad(f"mask '{name[:60]}' has an invalid shape")
+        dtype, stored = layout[f"mask.{name}"]
+        needed = (math.prod(dims) + 7) // 8
+        if dtype != "U8" or len(stored) != 1 or stored[0] != needed:
+            raise bad(f"mask '{name[:60]}' declares shape {dims} but stores {stored} {dtype}")
+    if kind == "quantized":
+        _check_quantized(header, layout, bad)
+    elif kind == "lowrank":
+        _check_lowrank(header, layout, bad)
+    elif kind == "finetuned" and not any(name.startswith("weight.") for name in layout):
+        raise bad("a finetuned artifact without weights")
+
+
+def _check_quantized(header: dict[str, Any], layout: dict[str, tuple[str, list[int]]], bad: Any) -> None:
+    from jdna.quantization.packing import packed_nbytes
+
+    entries = header.get("quant")
+    if not isinstance(entries, dict) or not entries:
+        raise bad("a quantized artifact without 'quant' entries")
+    for name, entry in entries.items():
+        dims = _dims(entry.get("shape")) if isinstance(entry, dict) else None
+        bits = entry.get("bits") if isinstance(entry, dict) else None
+        if dims is None or len(dims) != 2 or not isinstance(bits, int) or not 2 <= bits <= 8:
+            raise bad(f"quant entry '{name[:60]}' is malformed")
+        if f"codes.{name}" not in layout or f"scales.{name}" not in layout:
+            raise bad(f"quant entry '{name[:60]}' has no codes or scales")
+        dtype, stored = layout[f"codes.{name}"]
+        if dtype != "U8" or math.prod(stored) != packed_nbytes(dims[0] * dims[1], bits):
+            raise bad(f"the codes of '{name[:60]}' do not fit its shape {dims} at {bits} bits")
+        if name in header.get("masks", {}) and header["masks"][name] != dims:
+            raise bad(f"the mask of '{name[:60]}' has another shape than its codes")
+    for name in layout:
+        table = name.split(".", 1)
+        if table[0] in ("codes", "scales", "zeros") and table[1] not in entries:
+            raise bad(f"tensor '{name[:60]}' has no quant entry")
+
+
+def _check_lowrank(header: dict[str, Any], layout: dict[str, tuple[str, list[int]]], bad: Any) -> None:
+    entries = header.get("lowrank")
+    if not isinstance(entries, dict) or not entries:
+        raise bad("a lowrank artifact without 'lowrank' entries")
+    for name, entry in entries.items():
+        dims = _dims(entry.get("shape")) if isinstance(entry, dict) else None
+        if dims is None or len(dims) != 2:
+            raise bad(f"lowrank entry '{name[:60]}' is malformed")
+        left, right = layout.get(f"left.{name}"), layout.get(f"right.{name}")
+        if left is None or right is None:
+            raise bad(f"lowrank entry '{name[:60]}' has no factors")
+        if len(left[1]) != 2 or len(right[1]) != 2 or left[1][0] != dims[0] or right[1][1] != dims[1] \
+                or left[1][1] != right[1][0]:
+            raise bad(f"the factors of '{name[:60]}' do not multiply to its shape {dims}")
+    for name in layout:
+        if name.split(".", 1)[1] not in entries:
+            raise bad(f"tensor '{name[:60]}' has no lowrank entry")
+
+
+# --- verifying a cache hit -----------------------------------------------------------------------------
+
+FULL_VERIFY_BYTES = 256 << 20  # below this a cache hit re-hashes every tensor
+SAMPLE_VERIFY_BYTES = 64 << 20  # above it, tensors drawn at random up to this many bytes
+
+
+def verify_for_reuse(artifact: Artifact) -> bool:
+    """Whether a cached artifact's tensors still match its header: every tensor of a small file, a random
+    sample of a large one (each checked against its own recorded hash)."""
+    try:
+        size = os.path.getsize(artifact.path)
+        recorded = artifact.header.get("header_sha256")
+        if recorded is not None and recorded != header_sha256(artifact.header):
+            return False
+        per_tensor = artifact.header.get("tensor_sha256")
+        if size <= FULL_VERIFY_BYTES or not isinstance(per_tensor, dict):
+            return tensors_sha256(artifact.tensors()) == artifact.header.get("tensors_sha256")
+        names = list(artifact.tensor_names)
+        random.shuffle(names)
+        budget = SAMPLE_VERIFY_BYTES
+        with safe_open(str(artifact.path), framework="pt") as handle:
+            for name in names:
+                tensor = handle.get_tensor(name)
+                if tensor_sha256(name, tensor) != per_tensor.get(name):
+                    return False
+                budget -= tensor.numel() * tensor.element_size()
+                if budget <= 0:
+                    break
+        return True
+    except Exception:  # an unreadable tensor is as bad as a wrong one
+        return False
 
 
 def parent_reference(parent: Artifact) -> dict[str, Any]:
@@ -246,24 +442,50 @@ def unpack_mask(packed: torch.Tensor, shape: tuple[int, ...] | list[int]) -> tor
 
 
 def cached_artifact(path: Path, identity: str, explicit: bool, force: bool, reporter: Any = None) -> Artifact | None:
-    """The artifact already at `path` if it is readable and has the content address `identity`.
+    """The artifact already at `path` if it is readable, has the content address `identity` and its tensors
+    still match their recorded hashes.
 
     Every artifact-producing step calls this before doing work: a hit makes re-running a step free. An
-    unreadable file at a content-addressed path (not one the user named) is reported and then overwritten.
+    unreadable or corrupt file at a content-addressed path (not one the user named) is reported and then
+    recomputed; one the user named needs --force (see `claim_artifact_output`).
     """
-    if force or not Path(path).exists():
+    if force or not Path(path).is_file():
         return None
     try:
         existing = read_artifact(path)
     except JdnaError:
         existing = None
     if existing is not None and existing.id == identity:
+        if verify_for_reuse(existing):
+            if reporter is not None:
+                reporter.log(f"cache hit: {path}")
+            return existing
         if reporter is not None:
-            reporter.log(f"cache hit: {path}")
-        return existing
+            reporter.log(f"cached {path} is corrupt (its tensors no longer match their hashes): recomputing it")
+        return None
     if existing is None and not explicit and reporter is not None:
         reporter.log(f"replacing unreadable cached file {path}")
     return None
+
+
+def claim_artifact_output(
+    path: Path, identity: str, explicit: bool, force: bool, protected: list[Path] | None = None
+) -> Claim:
+    """The output policy for an artifact: a named -o is never replaced without --force (a corrupt cache of
+    this very step is, since it is ours), and never when it is one of the command's inputs."""
+    def same_step(existing: Path) -> bool:
+        try:
+            return read_artifact(existing).id == identity
+        except JdnaError:
+            return False
+
+    replace = force or not explicit or same_step(path)
+    return claim_output(path, flag="-o", replace=replace, protected=protected or [], accept_existing=same_step)
+
+
+def lineage_paths(chain: list[Artifact]) -> list[Path]:
+    """The files a command reading `chain` must never replace."""
+    return [artifact.path for artifact in chain]
 
 
 class PackedMasks(MutableMapping):

@@ -5,12 +5,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import tempfile
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
 from jdna.errors import JdnaError
+from jdna.outputs import Claim, unguarded
 from jdna.paths import jdna_home
 
 _CHUNK = 1 << 22
@@ -20,39 +20,41 @@ _MEMO_MIN_BYTES = 64 << 20
 
 
 @contextlib.contextmanager
-def atomic_path(final: Path) -> Iterator[Path]:
+def atomic_path(final: Path, claim: Claim | None = None) -> Iterator[Path]:
     """Yield a temporary path beside `final`; rename it over `final` only if the block succeeds.
 
-    The temporary file lives in the same directory so the rename is atomic on POSIX; two processes
-    writing the same content-addressed file both succeed and readers see one complete file.
+    The policy (permissions, fsync, racing writers, library write errors) lives in jdna.outputs; `claim`
+    is the command's claim on an output it was given, absent for internal files such as caches.
     """
-    final = Path(final)
-    directory = final.parent
-    if not directory.is_dir():
-        raise JdnaError(f"output directory '{directory}' does not exist: create it or choose another -o path")
-    if not os.access(directory, os.W_OK):
-        raise JdnaError(f"output directory '{directory}' is not writable: choose another -o path")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with (claim or unguarded(Path(final))).write() as tmp:
         yield tmp
-        os.replace(tmp, final)
-    except OSError as error:
-        tmp.unlink(missing_ok=True)
-        raise JdnaError(f"could not write '{final}': {error.strerror or error}") from error
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
-def write_text_atomic(final: Path, text: str) -> None:
-    with atomic_path(final) as tmp:
-        tmp.write_text(text)
+def write_text_atomic(final: Path, text: str, claim: Claim | None = None) -> None:
+    with (claim or unguarded(Path(final))).write() as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
-def write_json_atomic(final: Path, payload: object) -> None:
-    write_text_atomic(final, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+def _check_json(path: Path) -> None:
+    """What was written reads back (a short write would not parse)."""
+    json.loads(path.read_text(encoding="utf-8"))
+
+
+def write_json_atomic(final: Path, payload: object, claim: Claim | None = None) -> None:
+    text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
+    with (claim or unguarded(Path(final))).write(verify=_check_json) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def finite_json(value: object) -> object:
+    """`value` with every NaN or infinite float replaced by None, so it serialises as standard JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(item) for item in value]
+    return value
 
 
 def sha256_file(path: Path) -> str:

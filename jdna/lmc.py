@@ -26,6 +26,7 @@ from jdna.artifact import artifact_id, versions
 from jdna.errors import JdnaError
 from jdna.io import write_json_atomic
 from jdna.models import ModelRef, canonical_parameters, default_device, head_of, load_model
+from jdna.outputs import claim_record, model_inputs
 from jdna.paths import runs_dir
 from jdna.progress import Reporter
 
@@ -253,6 +254,7 @@ def run_lmc(
             pass
     if (head_of(ref_a) or {}).get("num_labels") != (head_of(ref_b) or {}).get("num_labels"):
         raise JdnaError("cannot interpolate: the two models have different task heads (fine-tune both on the task)")
+    claim = claim_record(path, identity, output is not None, force, [*model_inputs(ref_a), *model_inputs(ref_b)])
     started = time.perf_counter()
     device = default_device()
     model_a, tokenizer = load_model(ref_a, device=device, dtype=torch.float32)
@@ -270,7 +272,6 @@ def run_lmc(
         losses.append(round(loss, 6))
         metrics.append(round(metric, 6))
         reporter.progress("interpolation points", index + 1, len(alphas))
-    path.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "kind": "lmc",
         "path": str(path),
@@ -296,5 +297,5 @@ def run_lmc(
         "timing": {"seconds": round(time.perf_counter() - started, 3)},
         "versions": versions(),
     }
-    write_json_atomic(path, record)
+    write_json_atomic(path, record, claim)
     return record

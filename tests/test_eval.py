@@ -181,8 +181,8 @@ def test_predictions_do_not_depend_on_batch_size(
     for spec, extra in ((f"file:{mc_task}", ("--shots", "2")), (f"file:{gen_task}", ("--max-new-tokens", "4"))):
         outputs = []
         for size in ("1", "7"):
-            samples = tmp_path / f"{size}.jsonl"
-            out = tmp_path / f"{size}.json"
+            samples = tmp_path / f"{Path(spec).stem}-{size}.jsonl"  # -o never replaces another task's file
+            out = tmp_path / f"{Path(spec).stem}-{size}.json"
             record = _ok(
                 run("eval", str(tiny_llama), "--task", spec, *extra, "--batch-size", size, "-o", str(out),
                     "--log-samples", str(samples))

@@ -848,3 +848,468 @@ def test_parent_references_cannot_escape_the_run_store(
     described = run("info", str(child))
     assert described.code == 0, described.stderr
     assert [step["kind"] for step in described.record["lineage"]] == ["base", "pruned", "pruned"]
+
+
+# --- 6. the output policy (issue #17): nothing lost, nothing silently wrong -----------------------------
+#
+# Every writer goes through jdna/outputs.py. The contracts: an existing file is replaced only with --force;
+# a command's own input or lineage never; nothing is written through a FIFO or device node; files follow the
+# umask; a failed or refused command leaves the old file intact and no debris; racing writers never both win.
+
+
+_PAIR: dict[str, list[str]] = {}
+
+
+def _eval_pair(m: Materials) -> list[str]:
+    """Dense and pruned eval records at two shot counts: enough for difficulty and plot to analyse."""
+    if str(m.root) not in _PAIR:
+        directory = m.root / "variants"
+        directory.mkdir(exist_ok=True)
+        paths = []
+        for index, record in enumerate(_eval_variants(json.loads(m.eval_file.read_text()))):
+            path = directory / f"v{index}.json"
+            path.write_text(json.dumps(record))
+            paths.append(str(path))
+        _PAIR[str(m.root)] = paths
+    return _PAIR[str(m.root)]
+
+
+def _writers(m: Materials, tmp: Path) -> dict[str, Callable[[str], list[str]]]:
+    """Each command that writes a file the user names, as a function of that path."""
+    pair = _eval_pair(m)
+    return {
+        "prune": lambda o: ["prune", str(m.llama), "-s", "0.3", "-o", o],
+        "quantize": lambda o: ["quantize", str(m.llama), "-b", "4", "-o", o],
+        "lowrank": lambda o: ["lowrank", str(m.llama), "-r", "0.5", "-o", o],
+        "eval": lambda o: ["eval", str(m.llama), "--task", f"file:{m.mc_task}", "--limit", "2", "-o", o],
+        "log-samples": lambda o: ["eval", str(m.llama), "--task", f"file:{m.mc_task}", "--limit", "2",
+                                  "--log-samples", o, "-o", str(tmp / f"rec-{random.random()}.json")],
+        "difficulty": lambda o: ["difficulty", *pair, "--resamples", "10", "-o", o],
+        "plot": lambda o: ["plot", *pair, "--resamples", "10", "-o", o],
+    }
+
+
+_SUFFIX = {"plot": ".png", "eval": ".json", "log-samples": ".jsonl", "difficulty": ".json"}
+
+
+@pytest.mark.parametrize("writer", ["prune", "quantize", "lowrank", "eval", "log-samples", "difficulty", "plot"])
+def test_an_existing_file_is_replaced_only_with_force(mats: Materials, tmp_path: Path, writer: str) -> None:
+    target = tmp_path / f"taken{_SUFFIX.get(writer, '.safetensors')}"
+    target.write_bytes(b"someone else's file\n")
+    args = _writers(mats, tmp_path)[writer](str(target))
+    _assert_clean_failure(run(*args), "already exists")
+    assert target.read_bytes() == b"someone else's file\n"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [], "debris left"
+    replaced = run(*args, "--force")
+    assert replaced.code == 0, replaced.stderr
+    assert target.read_bytes() != b"someone else's file\n"
+
+
+@pytest.mark.parametrize("writer", ["prune", "eval", "log-samples", "difficulty", "plot"])
+@pytest.mark.parametrize("node", ["fifo", "device"])
+def test_nothing_is_written_through_a_fifo_or_device(mats: Materials, tmp_path: Path, writer: str, node: str) -> None:
+    if node == "fifo":
+        target = tmp_path / f"pipe{_SUFFIX.get(writer, '.safetensors')}"
+        os.mkfifo(target)
+    else:
+        target = Path("/dev/null")
+    result = run(*_writers(mats, tmp_path)[writer](str(target)), "--force")
+    _assert_clean_failure(result, ".png" if (writer, node) == ("plot", "device") else "not a regular file")
+    assert node == "device" or target.is_fifo()
+
+
+def test_inputs_and_their_lineage_are_never_replaced(mats: Materials, tmp_path: Path) -> None:
+    parent = tmp_path / "parent.safetensors"
+    shutil.copy(mats.pruned, parent)
+    child = tmp_path / "child.safetensors"
+    assert run("prune", str(parent), "-s", "0.7", "-o", str(child)).code == 0
+    before = {p: p.read_bytes() for p in (parent, child, mats.mc_task)}
+    weights = next(mats.llama.glob("*.safetensors"))
+    base_before = weights.read_bytes()
+    link = tmp_path / "link.safetensors"
+    link.symlink_to(parent)
+    cases = [
+        ["prune", str(parent), "-s", "0.7", "-o", str(parent)],  # its own input
+        ["quantize", str(child), "-b", "4", "-o", str(parent)],  # an artifact its input derives from
+        ["quantize", str(child), "-b", "4", "-o", str(link)],  # the same, through a symlink
+        ["prune", str(mats.llama), "-s", "0.5", "-o", str(weights)],  # the base weights
+        ["eval", str(mats.llama), "--task", f"file:{mats.mc_task}", "-o", str(mats.mc_task)],  # its task file
+        ["eval", str(child), "--task", f"file:{mats.mc_task}", "--log-samples", str(parent)],
+    ]
+    for args in cases:
+        _assert_clean_failure(run(*args, "--force"), "own input")
+    assert {p: p.read_bytes() for p in before} == before
+    assert weights.read_bytes() == base_before
+    assert read_artifact(child, verify=True).header["parent"]["id"] == read_artifact(parent).id
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_files_follow_the_umask(mats: Materials, tmp_path: Path, umask: int) -> None:
+    old = os.umask(umask)
+    try:
+        outputs = {
+            "artifact": tmp_path / "a.safetensors",
+            "record": tmp_path / "r.json",
+            "samples": tmp_path / "s.jsonl",
+            "figure": tmp_path / "f.svg",
+        }
+        assert run("prune", str(mats.llama), "-s", "0.45", "-o", str(outputs["artifact"])).code == 0
+        assert run("eval", str(mats.llama), "--task", f"file:{mats.mc_task}", "--limit", "2", "-o",
+                   str(outputs["record"]), "--log-samples", str(outputs["samples"])).code == 0
+        assert run("plot", *_eval_pair(mats), "--resamples", "10", "-o", str(outputs["figure"])).code == 0
+        store = [p for p in Path(os.environ["JDNA_RUNS"]).rglob("*") if p.is_file()]
+    finally:
+        os.umask(old)
+    for path in [*outputs.values(), *store]:
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, (path, oct(path.stat().st_mode))
+
+
+def test_a_refused_command_leaves_no_debris(mats: Materials, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = tmp_path / "fresh-store"
+    monkeypatch.setenv("JDNA_RUNS", str(store))
+    # Refused once the model's shapes are known: after loading, before writing.
+    _assert_clean_failure(
+        run("quantize", str(mats.llama), "-b", "4", "--granularity", "group", "--group-size", "7"), "group size"
+    )
+    _assert_clean_failure(run("lowrank", str(mats.llama), "-r", "0.5", "--include", "nothing*"), "")
+    assert not store.exists(), list(store.rglob("*"))
+
+
+_FSIZE_RUNNER = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), int(sys.argv[1])))
+from jdna.commands.app import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _limited(limit: int, args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Run the CLI with a real file-size limit (RLIMIT_FSIZE, what `ulimit -f` sets): writes past it fail
+    with EFBIG inside whichever library is writing, like a disk that fills up."""
+    return subprocess.run([sys.executable, "-c", _FSIZE_RUNNER, str(limit), *args], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_a_real_size_limit_fails_cleanly_and_keeps_the_old_file(mats: Materials, tmp_path: Path) -> None:
+    env = _subprocess_env(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    figure = out / "fig.png"
+    assert run("plot", *_eval_pair(mats), "--resamples", "10", "-o", str(figure)).code == 0
+    good_figure = figure.read_bytes()
+    cases = [
+        (["prune", str(mats.llama), "-s", "0.5", "-o", str(out / "p.safetensors")], out / "p.safetensors"),
+        (["prune", str(mats.llama), "-s", "0.5"], None),  # into the run store
+        (["plot", *_eval_pair(mats), "--resamples", "10", "-o", str(figure), "--force"], figure),
+        (["eval", str(mats.llama), "--task", f"file:{mats.mc_task}", "-o", str(out / "r.json"), "--log-samples",
+          str(out / "s.jsonl")], out / "r.json"),
+    ]
+    for args, final in cases:
+        result = _limited(2048, args, env)
+        assert "Traceback" not in result.stderr
+        assert result.returncode == 2 and result.stdout == "", (args, result.returncode, result.stderr)
+        errors = [line for line in result.stderr.splitlines() if ": error:" in line]
+        assert errors == [result.stderr.splitlines()[-1]], result.stderr
+        assert "could not write" in errors[0] and "File too large" in errors[0], errors[0]
+        if final is figure:
+            assert figure.read_bytes() == good_figure, "a failed write damaged the previous figure"
+        elif final is not None:
+            assert not final.exists()
+    assert sorted(p.name for p in out.iterdir()) == ["fig.png"], "a failed write left files behind"
+    assert not (out / "s.jsonl").exists(), "the samples of a failed eval were left behind"
+    assert [p for p in (tmp_path / "runs").rglob("*") if p.is_file()] == []
+
+
+def test_samples_that_cannot_be_written_leave_no_record(mats: Materials, tmp_path: Path) -> None:
+    env = _subprocess_env(tmp_path)
+    record = tmp_path / "r.json"
+    # The samples are larger than the record's limit allows once they include every prompt; the record
+    # must not be left claiming a run whose samples were asked for.
+    result = _limited(1500, ["eval", str(mats.llama), "--task", f"file:{mats.mc_task}", "--shots", "1",
+                             "--log-samples", str(tmp_path / "s.jsonl"), "-o", str(record)], env)
+    assert result.returncode == 2, result.stderr
+    assert "s.jsonl" in result.stderr.splitlines()[-1]
+    assert not record.exists()
+
+
+def test_two_commands_racing_for_one_output_never_both_win(mats: Materials, tmp_path: Path) -> None:
+    env = _subprocess_env(tmp_path)
+    target = tmp_path / "contested.safetensors"
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "jdna", "prune", str(mats.llama), "-s", sparsity, "-o", str(target)],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for sparsity in ("0.2", "0.6")
+    ]
+    outcomes = [(proc, *proc.communicate(timeout=300)) for proc in procs]
+    winners = [json.loads(out) for proc, out, _ in outcomes if proc.returncode == 0]
+    losers = [err for proc, _, err in outcomes if proc.returncode != 0]
+    assert len(winners) == 1 and len(losers) == 1, outcomes
+    assert read_artifact(target, verify=True).id == winners[0]["id"]
+    assert re.search(r"already exists|written by another command", losers[0]), losers[0]
+    assert [p.name for p in tmp_path.glob(".contested*")] == []
+
+
+def test_a_claim_fails_if_another_writer_got_there_first(tmp_path: Path) -> None:
+    from jdna.outputs import claim_output
+
+    target = tmp_path / "r.json"
+    claim = claim_output(target)
+    target.write_text("the other command's record\n")
+    with pytest.raises(JdnaError, match="written by another command"):
+        with claim.write() as tmp:
+            tmp.write_text("mine\n")
+    assert target.read_text() == "the other command's record\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+# --- 7. verify before trusting: cache hits and headers --------------------------------------------------
+
+
+def _zero_block(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    start = _tensor_region(bytes(data))
+    data[start : start + 64] = bytes(64)
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("sampled", [False, True], ids=["full-hash", "sampled-tensors"])
+def test_a_corrupt_cache_hit_is_recomputed(
+    mats: Materials, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sampled: bool
+) -> None:
+    if sampled:  # as for an artifact too large to re-hash whole: each sampled tensor against its own hash
+        monkeypatch.setattr(jdna.artifact, "FULL_VERIFY_BYTES", 0)
+    first = run("prune", str(mats.llama), "-s", "0.55")
+    path = Path(first.record["path"])
+    assert run("prune", str(mats.llama), "-s", "0.55").record["cached"] is True
+    _zero_block(path)
+    again = run("prune", str(mats.llama), "-s", "0.55")
+    assert again.code == 0 and again.record["cached"] is False, again.stderr
+    assert "corrupt" in again.stderr
+    read_artifact(path, verify=True)
+
+
+def _crafted(mats: Materials, target: Path, edit: Callable[[dict, dict], None], rehash: bool = True) -> Path:
+    artifact = read_artifact(mats.pruned)
+    header = dict(artifact.header)
+    tensors = artifact.tensors()
+    edit(header, tensors)
+    if rehash:
+        header["header_sha256"] = jdna.artifact.header_sha256(header)
+    save_file(tensors, str(target), metadata={"jdna": json.dumps(header)})
+    return target
+
+
+def _first_mask(header: dict) -> str:
+    return sorted(header["masks"])[0]
+
+
+_HEADER_LIES = {
+    "declared-mask-missing": lambda h, t: t.pop(f"mask.{_first_mask(h)}"),
+    "undeclared-mask": lambda h, t: h["masks"].pop(_first_mask(h)),
+    "mask-shape-931-GiB": lambda h, t: h["masks"].__setitem__(_first_mask(h), [1 << 20, 1 << 23]),
+    "mask-shape-negative": lambda h, t: h["masks"].__setitem__(_first_mask(h), [-4, 8]),
+    "quantized-holding-masks": lambda h, t: h.__setitem__("kind", "quantized"),
+    "lowrank-holding-masks": lambda h, t: h.__setitem__("kind", "lowrank"),
+    "unknown-kind": lambda h, t: h.__setitem__("kind", "distilled"),
+}
+
+
+@pytest.mark.parametrize("lie", list(_HEADER_LIES))
+@pytest.mark.parametrize("command", ["info", "export", "eval"])
+def test_headers_are_checked_against_their_tensors(mats: Materials, tmp_path: Path, lie: str, command: str) -> None:
+    path = _crafted(mats, tmp_path / "crafted.safetensors", _HEADER_LIES[lie])
+    args = {
+        "info": ["info", str(path)],
+        "export": ["export", str(path), "-o", str(tmp_path / "exported")],
+        "eval": ["eval", str(path), "--task", f"file:{mats.mc_task}"],
+    }[command]
+    result = run(*args)
+    _assert_clean_failure(result, "recreate it")
+    assert not (tmp_path / "exported").exists()
+
+
+def test_verify_catches_an_edited_header(mats: Materials, tmp_path: Path) -> None:
+    def edit(header: dict, tensors: dict) -> None:
+        header["stats"] = {**header["stats"], "sparsity": 0.99}
+
+    path = _crafted(mats, tmp_path / "edited.safetensors", edit, rehash=False)
+    assert run("info", str(path)).code == 0  # it still reads ...
+    _assert_clean_failure(run("info", "--verify", str(path)), "header was edited")  # ... but does not verify
+
+
+def test_nan_statistics_print_as_valid_json(mats: Materials, tmp_path: Path) -> None:
+    def edit(header: dict, tensors: dict) -> None:
+        header["stats"] = {**header["stats"], "sparsity": float("nan"), "bits_per_weight": float("inf")}
+
+    path = _crafted(mats, tmp_path / "nan.safetensors", edit)
+    result = run("info", str(path))
+    assert result.code == 0, result.stderr
+
+    def reject(constant: str) -> None:
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    record = json.loads(result.stdout, parse_constant=reject)
+    assert record["sparsity"] is None
+
+
+# --- 8. training that diverges fails ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--lr", "inf"), ("--lr", "nan"), ("--lr", "-1e-4"), ("--lr", "5"), ("--weight-decay", "inf"),
+     ("--weight-decay", "nan"), ("--weight-decay", "-0.1"), ("--warmup", "inf"), ("--warmup", "nan"),
+     ("--seed", "-1")],
+)
+def test_training_flags_are_checked_before_any_work(mats: Materials, flag: str, value: str) -> None:
+    # The model does not exist: the flag must be refused before anything is loaded.
+    result = run("finetune", "/no/such/model", "--task", f"file:{mats.cls_task}", "--mode", "dense", flag, value)
+    _assert_clean_failure(result, flag)
+
+
+def test_a_diverging_run_stops_and_writes_nothing(mats: Materials, tmp_path: Path) -> None:
+    poisoned = tmp_path / "poisoned-bert"
+    shutil.copytree(mats.bert, poisoned)
+    weights = next(poisoned.glob("*.safetensors"))
+    with safe_open(str(weights), framework="pt") as handle:
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+        metadata = handle.metadata()
+    name = next(n for n in sorted(tensors) if "word_embeddings" in n)
+    tensors[name][0, 0] = float("inf")  # one weight: every loss is then NaN
+    save_file(tensors, str(weights), metadata=metadata)
+    out = tmp_path / "ft.safetensors"
+    result = run("finetune", str(poisoned), "--task", f"file:{mats.cls_task}", "--mode", "dense", "--epochs", "1",
+                 "--batch-size", "4", "-o", str(out))
+    assert result.code == 2 and result.stdout == "", result.stderr
+    assert "training diverged" in result.stderr.splitlines()[-1]
+    assert not out.exists()
+    assert not list(Path(os.environ["JDNA_RUNS"]).rglob("*.json"))
+
+
+def test_non_finite_gradients_stop_training() -> None:
+    from jdna.finetune.loop import _check_finite_gradients
+
+    model = torch.nn.Linear(3, 2)
+    model(torch.ones(1, 3)).sum().backward()
+    _check_finite_gradients(model, 1)  # finite: passes
+    model.weight.grad[0, 0] = float("nan")
+    with pytest.raises(JdnaError, match="training diverged"):
+        _check_finite_gradients(model, 2)
+
+
+# --- 9. every failure is one line with exit 2 -------------------------------------------------------------
+
+
+def _bom_task(m: Materials, tmp: Path) -> Path:
+    path = tmp / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + m.mc_task.read_bytes())
+    return path
+
+
+def _task_with(tmp: Path, name: str, content: bytes) -> str:
+    path = tmp / name
+    path.write_bytes(content)
+    return f"file:{path}"
+
+
+_ROW = b'{"question": "q", "choices": ["a", "b"], "gold": 0}\n'
+# fmt: off
+VALIDATION: list = [
+    ("prune-seed", lambda m, t: ["prune", str(m.llama), "-s", "0.5", "--seed", "-1"], "--seed"),
+    ("quantize-seed", lambda m, t: ["quantize", str(m.llama), "-b", "4", "--seed", "-1"], "--seed"),
+    ("eval-seed", lambda m, t: ["eval", "/no/model", "--task", f"file:{m.mc_task}", "--seed", "-1"], "--seed"),
+    ("lmc-seed", lambda m, t: ["lmc", "/no/a", "/no/b", "--task", f"file:{m.mc_task}", "--seed", "-2"], "--seed"),
+    ("difficulty-seed", lambda m, t: ["difficulty", str(m.eval_file), "--seed", "-1"], "--seed"),
+    ("plot-seed", lambda m, t: ["plot", str(m.eval_file), "--seed", "-1"], "--seed"),
+    ("task-huge-int", lambda m, t: ["eval", "/no/model", "--task", _task_with(
+        t, "int.jsonl", _ROW.replace(b'"gold": 0', b'"gold": ' + b"9" * 5000))], "digits"),
+    ("task-deep", lambda m, t: ["eval", "/no/model", "--task", _task_with(
+        t, "deep.jsonl", b"[" * 100_000 + b"]" * 100_000 + b"\n")], "nested too deeply"),
+    ("task-latin1", lambda m, t: ["eval", "/no/model", "--task", _task_with(
+        t, "latin.jsonl", _ROW.replace(b'"q"', b'"caf\xe9"'))], "not utf-8"),
+    ("task-binary", lambda m, t: ["eval", "/no/model", "--task", _task_with(
+        t, "bin.jsonl", bytes(range(256)) * 4)], "line 1"),
+    ("task-unknown-metric", lambda m, t: ["eval", "/no/model", "--task", _task_with(
+        t, "metric.jsonl", b'{"jdna_task": {"metrics": ["acuracy"]}}\n' + _ROW * 3)], "unknown metric 'acuracy'"),
+    ("task-unreadable", lambda m, t: ["eval", "/no/model", "--task", f"file:{t}/dir.jsonl"], "task file"),
+    ("baselines-latin1", lambda m, t: ["difficulty", str(m.eval_file), "--baselines", str(
+        _write_bytes(t / "b.csv", b"task,metric,human\ncaf\xe9,acc,1\n"))], "not utf-8"),
+    ("baselines-binary", lambda m, t: ["difficulty", str(m.eval_file), "--baselines", str(
+        _write_bytes(t / "b.csv", bytes(range(256))))], "baseline table"),
+    ("model-fifo", lambda m, t: ["info", str(_fifo(t / "model"))], "not a regular file"),
+]
+# fmt: on
+
+
+def _write_bytes(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def _fifo(path: Path) -> Path:
+    os.mkfifo(path)
+    return path
+
+
+@pytest.mark.parametrize(("args", "fragment"), [pytest.param(*c[1:], id=c[0]) for c in VALIDATION])
+def test_bad_values_are_one_line(mats: Materials, tmp_path: Path, args: Args, fragment: str) -> None:
+    (tmp_path / "dir.jsonl").mkdir()
+    result = run(*args(mats, tmp_path))
+    _assert_clean_failure(result, fragment)
+    assert len(result.stderr) < 1200, len(result.stderr)
+
+
+def test_a_bom_task_file_is_read(mats: Materials, tmp_path: Path) -> None:
+    plain = run("eval", str(mats.llama), "--task", f"file:{mats.mc_task}")
+    bom = run("eval", str(mats.llama), "--task", f"file:{_bom_task(mats, tmp_path)}")
+    assert bom.code == 0, bom.stderr
+    assert bom.record["metrics"] == plain.record["metrics"]
+
+
+def test_duplicate_options_are_warned_about(mats: Materials, tmp_path: Path) -> None:
+    rows = [{"question": "the cat is", "choices": ["red", "blue", "red"], "gold": i % 3} for i in range(4)]
+    task = _write_jsonl(tmp_path / "dupes.jsonl", rows)
+    result = run("eval", str(mats.llama), "--task", f"file:{task}")
+    assert result.code == 0 and "list one option text twice" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("variable", ["JDNA_HOME", "JDNA_RUNS"])
+def test_home_or_store_pointing_to_a_file_is_one_line(
+    mats: Materials, monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    monkeypatch.setenv(variable, str(mats.text_file))
+    _assert_clean_failure(run("prune", str(mats.llama), "-s", "0.35"), variable)
+
+
+def test_a_bigbench_variable_that_is_not_a_tree_is_an_error(
+    mats: Materials, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JDNA_BIGBENCH", str(tmp_path))
+    _assert_clean_failure(run("tasks", "--bigbench"), "JDNA_BIGBENCH")
+    monkeypatch.setenv("JDNA_BIGBENCH", str(mats.text_file))
+    _assert_clean_failure(run("tasks", "--bigbench"), "not a directory")
+
+
+def test_a_full_stdout_is_one_line(mats: Materials, tmp_path: Path) -> None:
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full")
+    env = _subprocess_env(tmp_path)
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-m", "jdna", "info", str(mats.pruned)], env=env, stdout=full,
+                                stderr=subprocess.PIPE, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert errors == [result.stderr.splitlines()[-1]] and "stdout" in errors[0], result.stderr
+
+
+def test_an_unknown_name_among_many_is_a_short_line(
+    mats: Materials, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tree = tmp_path / "benchmark_tasks"
+    for index in range(1000):
+        (tree / f"some_task_number_{index}").mkdir(parents=True)
+        (tree / f"some_task_number_{index}" / "task.json").write_text("{}")
+    monkeypatch.setenv("JDNA_BIGBENCH", str(tree))
+    result = run("eval", str(mats.llama), "--task", "bigbench:some_task_numbr_17")
+    _assert_clean_failure(result, "did you mean 'some_task_number_17'")
+    assert len(result.stderr) < 400, len(result.stderr)

@@ -109,9 +109,11 @@ def read_baselines(path: str | Path) -> list[Baseline]:
     {task: {metric: score}})."""
     file = expand(path)
     try:
-        text = file.read_text()
+        text = file.read_text(encoding="utf-8-sig")
     except OSError as error:
         raise JdnaError(f"cannot read baseline table '{path}': {error.strerror or error}") from error
+    except UnicodeDecodeError as error:
+        raise JdnaError(f"baseline table '{path}' is not UTF-8 text ({error.reason} at byte {error.start})") from None
     if file.suffix.lower() == ".json":
         return _read_json(text, str(path))
     if file.suffix.lower() == ".csv":

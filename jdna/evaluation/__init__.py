@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,10 +41,12 @@ from jdna.evaluation.base import (
 from jdna.evaluation.lmeval_results import results_block
 from jdna.io import write_json_atomic, write_text_atomic
 from jdna.models import ModelRef, default_device
+from jdna.outputs import Claim, check_target, claim_output, claim_record, model_inputs
 from jdna.paths import expand, runs_dir
 from jdna.progress import Reporter
 from jdna.tasks import Item, Task, load_task, parse_spec, restrict_options, split_answerable
 from jdna.tasks.base import current_inputs, hash_rank
+from jdna.tasks.jsonl import duplicate_choice_items
 
 __all__ = [
     "EVALUATORS",
@@ -102,6 +105,9 @@ def validate(config: EvalConfig) -> None:
         parent = expand(config.log_samples).parent
         if not parent.is_dir():
             raise JdnaError(f"--log-samples directory '{parent}' does not exist: create it or choose another path")
+        check_target(expand(config.log_samples), "--log-samples")
+    if config.seed < 0:
+        raise JdnaError(f"--seed {config.seed} is negative: use 0 or more")
 
 
 def check_limit(limit: int | float | None) -> None:
@@ -279,9 +285,15 @@ def _device_and_dtype() -> tuple[torch.device, torch.dtype]:
     return device, (torch.bfloat16 if device.type == "cuda" else torch.float32)
 
 
-def _write_samples(path: Path, outcome: Outcome, record: dict[str, Any]) -> None:
+def _task_files(spec: str) -> list[Path]:
+    """The task file a file:PATH spec reads: an output must never replace it."""
+    prefix, sep, rest = spec.strip().partition(":")
+    return [expand(rest)] if sep and prefix == "file" and rest else []
+
+
+def _write_samples(path: Path, outcome: Outcome, record: dict[str, Any], claim: Claim | None = None) -> None:
     lines = [json.dumps({"task": record["task"], "eval_id": record["id"], **sample}) for sample in outcome.samples]
-    write_text_atomic(expand(path), "\n".join(lines) + ("\n" if lines else ""))
+    write_text_atomic(expand(path), "\n".join(lines) + ("\n" if lines else ""), claim)
 
 
 def run_eval(
@@ -312,12 +324,25 @@ def run_eval(
             return {**cached, "path": str(path), "cached": True}
         if cached is not None:
             reporter.log("recomputing the cached result to write --log-samples")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    protected = [*model_inputs(ref), *_task_files(config.task)]
+    claim = claim_record(path, identity, output is not None, force, protected)
+    samples_claim = None
+    if config.log_samples is not None:
+        samples = expand(config.log_samples)
+        if os.path.abspath(samples) == os.path.abspath(path):
+            raise JdnaError(f"--log-samples and -o name the same file '{samples}': give each its own path")
+        samples_claim = claim_output(samples, flag="--log-samples", replace=force, protected=[*protected, path])
 
     device, dtype = _device_and_dtype()
     n = len(prepared.items)
     knob_text = ", ".join(f"{k}={v}" for k, v in config.knobs().items() if v not in (None, 0) or k == "seed")
     reporter.log(f"{config.task} ({prepared.task.kind}), {n} items; {knob_text}")
+    repeated = duplicate_choice_items(prepared.items)
+    if repeated:
+        reporter.log(
+            f"warning: {len(repeated)} item(s) list one option text twice (first: id {repeated[0][:40]!r}); "
+            "where the repeat is the gold answer, no prediction can be right"
+        )
     ctx = EvalContext(ref=ref, config=config, prepared=prepared, reporter=reporter, device=device, dtype=dtype)
     outcome = evaluator.run(ctx)
     total = time.perf_counter() - started
@@ -359,9 +384,16 @@ def run_eval(
     record.update(results_block(task_key, outcome.metrics, outcome.item_values, config.shots, n, len(pool)))
     if "load_seconds" in record:
         record["timing"]["load_seconds"] = record.pop("load_seconds")
-    write_json_atomic(path, record)
+    # The samples first: if they cannot be written, no record claims a run whose samples were asked for.
     if config.log_samples is not None:
-        _write_samples(Path(config.log_samples), outcome, record)
+        _write_samples(Path(config.log_samples), outcome, record, samples_claim)
+    try:
+        write_json_atomic(path, record, claim)
+    except JdnaError:
+        if samples_claim is not None and samples_claim.before is None:
+            expand(config.log_samples).unlink(missing_ok=True)
+        raise
+    if config.log_samples is not None:
         reporter.log(f"wrote {len(outcome.samples)} samples to {config.log_samples}")
     primary = record["primary_metric"]
     entry = outcome.metrics[primary]

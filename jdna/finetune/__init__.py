@@ -50,6 +50,7 @@ from jdna.artifact import (
     Artifact,
     artifact_id,
     cached_artifact,
+    claim_artifact_output,
     default_output_path,
     pack_mask,
     parent_reference,
@@ -82,6 +83,7 @@ from jdna.finetune.masking import (
 )
 from jdna.io import sha256_text, write_json_atomic
 from jdna.models import ModelRef, canonical_parameters, default_device, head_of, load_model, resolve
+from jdna.outputs import model_inputs
 from jdna.paths import runs_dir
 from jdna.progress import Reporter
 from jdna.tasks import Item, Task, load_task, parse_spec, subsample_train
@@ -148,12 +150,13 @@ def plan(config: FinetuneConfig) -> FinetuneConfig:
         raise JdnaError(f"--train-examples {config.train_examples} is below 1: use at least 1")
     checks = [
         (config.epochs >= 1, f"--epochs {config.epochs} is below 1"),
-        (config.lr is None or config.lr > 0, f"--lr {config.lr} must be positive"),
+        (config.lr is None or 0 < config.lr <= 1, f"--lr {config.lr} is outside (0, 1]: use e.g. 5e-5"),
         (config.batch_size >= 1, f"--batch-size {config.batch_size} is below 1"),
         (config.grad_accum >= 1, f"--grad-accum {config.grad_accum} is below 1"),
         (config.max_length >= 2, f"--max-length {config.max_length} is below 2"),
         (0.0 <= config.warmup < 1.0, f"--warmup {config.warmup} is outside [0, 1) (a fraction of the steps)"),
-        (config.weight_decay >= 0.0, f"--weight-decay {config.weight_decay} is negative"),
+        (0.0 <= config.weight_decay <= 1.0, f"--weight-decay {config.weight_decay} is outside [0, 1]: use e.g. 0.01"),
+        (config.seed >= 0, f"--seed {config.seed} is negative: use 0 or more"),
         (config.eval_limit is None or config.eval_limit >= 1, f"--eval-limit {config.eval_limit} is below 1"),
         (config.checkpoint_every >= 1, f"--checkpoint-every {config.checkpoint_every} is below 1"),
     ]
@@ -550,7 +553,7 @@ def _run_finetune(
         if eval_path and Path(eval_path).is_file():
             reporter.log(f"cache hit: {path}")
             return finetune_record(existing, cached=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    claim = claim_artifact_output(path, identity, output is not None, force, model_inputs(ref))
     started = time.perf_counter()
     device = dist.device if dist.enabled and dist.device is not None else default_device()
     head = head_for(task) if objective == "classification" else dict(LM_HEAD)
@@ -708,7 +711,7 @@ def _run_finetune(
     }
     if masks:
         header["masks"] = {name: list(keep.shape) for name, keep in masks.items()}
-    write_artifact(path, header, tensors)
+    write_artifact(path, header, tensors, claim)
     transfer_extra = {
         "objective": objective,
         "train_ids": [item.id for item in train_items],

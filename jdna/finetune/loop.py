@@ -107,6 +107,25 @@ class TrainOutcome:
     examples_per_second: float = 0.0
 
 
+def _check_finite_gradients(model: nn.Module, step: int) -> None:
+    """A non-finite gradient would make Adam write NaN into every weight it touches: stop the run instead."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if grads and not bool(torch.isfinite(torch.stack([g.detach().float().norm() for g in grads])).all()):
+        raise JdnaError(
+            f"training diverged: non-finite gradients at step {step}; nothing was written (lower --lr, or check "
+            "the task data)"
+        )
+
+
+def _check_finite_weights(model: nn.Module) -> None:
+    for name, param in model.named_parameters():
+        if not bool(torch.isfinite(param.detach()).all()):
+            raise JdnaError(
+                f"training diverged: weight '{name}' holds NaN or infinite values after training; nothing was "
+                "written (lower --lr)"
+            )
+
+
 def train(
     model: nn.Module,
     data: TrainData,
@@ -190,6 +209,7 @@ def train(
         if dist.enabled and step == start_step:
             _check_all_gradients(model)
         enforcer.mask_gradients()
+        _check_finite_gradients(model, step + 1)
         optimizer.step()
         enforcer.after_step(optimizer)
         if dist.enabled:  # the step's loss over all processes, and whether any process was asked to stop
@@ -197,6 +217,11 @@ def train(
             stopping = stops > 0
             if stopping and not stop:
                 stop.signal_name = "a signal to another process"
+        if not math.isfinite(step_loss):
+            raise JdnaError(
+                f"training diverged: the loss is {step_loss} at step {step + 1}/{total}; nothing was written "
+                "(lower --lr, or check the task data)"
+            )
         outcome.losses.append(step_loss)
         seen += n_step
         done = step + 1
@@ -224,6 +249,7 @@ def train(
             reporter.log(f"{stop.signal_name}: stopped after step {done}/{total}, checkpoint written{where}")
             raise Interrupted(f"interrupted at step {done}")
     model.eval()
+    _check_finite_weights(model)
     outcome.steps = total
     outcome.seconds = time.perf_counter() - started
     outcome.examples_per_second = seen / outcome.seconds if outcome.seconds > 0 else 0.0

@@ -10,12 +10,14 @@ from jdna.artifact import (
     Artifact,
     artifact_id,
     cached_artifact,
+    claim_artifact_output,
     default_output_path,
     parent_reference,
     read_artifact,
     write_artifact,
 )
 from jdna.models import ModelRef, load_model
+from jdna.outputs import model_inputs
 from jdna.progress import Reporter
 from jdna.prunable import prunable_matrices
 from jdna.pruning import large_magnitude, magnitude, random_pruning, sparsegpt, wanda  # noqa: F401  (registration)
@@ -74,7 +76,7 @@ def run_prune(
     existing = cached_artifact(path, identity, output is not None, force, reporter)
     if existing is not None:
         return artifact_record(existing, cached=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    claim = claim_artifact_output(path, identity, output is not None, force, model_inputs(ref))
     started = time.perf_counter()
     reporter.log(f"loading {ref.display_name}")
     model, tokenizer = load_model(ref)
@@ -101,5 +103,5 @@ def run_prune(
         "masks": {name: list(outcome.masks[name].shape) for name in outcome.masks},
         "stats": stats,
     }
-    write_artifact(path, header, tensors)
+    write_artifact(path, header, tensors, claim)
     return artifact_record(read_artifact(path), cached=False)

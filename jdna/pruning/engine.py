@@ -22,7 +22,7 @@ from jdna.calibration import (
     collect_inputs,
     read_calibration_text,
 )
-from jdna.errors import JdnaError, unknown_name_error
+from jdna.errors import JdnaError, check_seed, unknown_name_error
 from jdna.progress import Reporter
 from jdna.prunable import PrunableMatrix, prunable_matrices
 from jdna.pruning.base import METHODS, SCOPES, ReconstructionMethod, ScoreContext, ScoreMethod
@@ -111,6 +111,7 @@ def parse_pattern(pattern: str) -> tuple[int, int] | None:
 
 def plan_prune(config: PruneConfig) -> PrunePlan:
     """Validate a configuration and fill in method-dependent defaults; raises JdnaError on bad input."""
+    check_seed(config.seed)
     method = METHODS.get(config.method)
     n_m = parse_pattern(config.pattern)
     if n_m is not None:

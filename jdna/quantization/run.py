@@ -25,6 +25,7 @@ from jdna.artifact import (
     Artifact,
     artifact_id,
     cached_artifact,
+    claim_artifact_output,
     default_output_path,
     pack_mask,
     parent_reference,
@@ -40,9 +41,10 @@ from jdna.calibration import (
     collect_inputs,
     read_calibration_text,
 )
-from jdna.errors import JdnaError, unknown_name_error
+from jdna.errors import JdnaError, check_seed, unknown_name_error
 from jdna.masks import effective_masks
 from jdna.models import ModelRef, load_model
+from jdna.outputs import model_inputs
 from jdna.progress import Reporter
 from jdna.prunable import PrunableMatrix, prunable_matrices
 from jdna.quantization.accounting import (
@@ -144,6 +146,7 @@ def plan_quantize(config: QuantizeConfig) -> QuantizePlan:
     Whether ``--group-size`` divides every matrix's input width can only be checked once the model's
     shapes are known: :func:`quantize_model` does it before quantizing anything.
     """
+    check_seed(config.seed)
     if config.method not in QUANT_METHODS:
         raise unknown_name_error("method", config.method, QUANT_METHODS)
     if config.bits is None:
@@ -442,7 +445,7 @@ def run_quantize(
     existing = cached_artifact(path, identity, output is not None, force, reporter)
     if existing is not None:
         return record_of(existing, cached=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    claim = claim_artifact_output(path, identity, output is not None, force, model_inputs(ref))
     started = time.perf_counter()
     model, tokenizer = load_model(ref)
     # Checked before the first log line, so bad input still fails with exactly one line on stderr.
@@ -483,7 +486,7 @@ def run_quantize(
         "masks": masks,
         "stats": stats,
     }
-    write_artifact(path, header, tensors)
+    write_artifact(path, header, tensors, claim)
     return record_of(read_artifact(path), cached=False)
 
 
@@ -649,7 +652,7 @@ def run_lowrank(
     existing = cached_artifact(path, identity, output is not None, force, reporter)
     if existing is not None:
         return record_of(existing, cached=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    claim = claim_artifact_output(path, identity, output is not None, force, model_inputs(ref))
     started = time.perf_counter()
     model, _ = load_model(ref)
     prunable_matrices(model, config.include, config.exclude)  # bad globs fail before the first log line
@@ -680,5 +683,5 @@ def run_lowrank(
         "lowrank": {name: item.entry for name, item in stored.items()},
         "stats": stats,
     }
-    write_artifact(path, header, tensors)
+    write_artifact(path, header, tensors, claim)
     return record_of(read_artifact(path), cached=False)

@@ -84,9 +84,16 @@ def _require_root(root: Path | None) -> Path:
 
 
 def available_tasks(root: Path | None = None) -> list[str]:
-    """Names of the tasks and subtasks present, e.g. 'abstract_narrative_understanding/4_distractors'."""
+    """Names of the tasks and subtasks present, e.g. 'abstract_narrative_understanding/4_distractors'.
+
+    A $JDNA_BIGBENCH that names no BIG-bench tree is an error (a tree that is simply absent is not: the
+    default one appears after 'make data').
+    """
+    override = root is None and bool(os.environ.get("JDNA_BIGBENCH"))
     root = root if root is not None else bigbench_root()
     if not root.is_dir():
+        if override:
+            raise JdnaError(f"$JDNA_BIGBENCH '{root}' is not a directory: point it at bigbench/benchmark_tasks")
         return []
     names = []
     for task_dir in sorted(p for p in root.iterdir() if p.is_dir()):
@@ -96,6 +103,11 @@ def available_tasks(root: Path | None = None) -> list[str]:
             f"{task_dir.name}/{sub.name}"
             for sub in sorted(task_dir.iterdir())
             if sub.is_dir() and (sub / TASK_FILE).is_file()
+        )
+    if override and not names:
+        raise JdnaError(
+            f"$JDNA_BIGBENCH '{root}' holds no BIG-bench tasks (no NAME/task.json): point it at "
+            "bigbench/benchmark_tasks"
         )
     return names
 

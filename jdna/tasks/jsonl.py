@@ -44,6 +44,37 @@ ROW_FIELDS = {
     "perplexity": ("text",),
 }
 SPLITS = ("train", "test")
+# Metric names each kind's evaluator computes; a header naming another is refused before any scoring.
+KIND_METRICS = {
+    "multiple_choice": ("acc", "acc_norm"),
+    "generation": ("exact_match", "f1", "token_f1"),
+    "classification": ("accuracy", "f1", "matthews", "pearson", "spearman"),
+    "perplexity": ("perplexity",),
+}
+# What one row may hold: a task file is data, and data must not exhaust memory or the parser.
+MAX_ROW_CHARS = 8 << 20
+MAX_INT_DIGITS = 30
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise ValueError(f"an integer of {len(text)} digits")
+    return int(text)
+
+
+def _read_row(rows: _Rows, line_number: int, line: str) -> Any:
+    if len(line) > MAX_ROW_CHARS:
+        raise rows.fail(line_number, f"the row is {len(line):,} characters long", f"keep rows under {MAX_ROW_CHARS:,}")
+    try:
+        return json.loads(line, parse_int=_bounded_int)
+    except json.JSONDecodeError as error:
+        raise rows.fail(line_number, f"invalid JSON ({error.msg})", "write one JSON object per line") from None
+    except RecursionError:
+        raise rows.fail(line_number, "the row is nested too deeply", "write flat JSON objects") from None
+    except ValueError as error:
+        raise rows.fail(
+            line_number, f"unreadable value ({error})", f"keep integers under {MAX_INT_DIGITS} digits"
+        ) from None
 
 
 class _Rows:
@@ -235,6 +266,24 @@ def _resolve_labels(
     return labels
 
 
+def _lines(rows: _Rows, handle: Any) -> Any:
+    """(line number, text) pairs; undecodable bytes are one clear error, not a traceback."""
+    line_number = 0
+    try:
+        for line_number, line in enumerate(handle, start=1):
+            yield line_number, line
+    except UnicodeDecodeError as error:
+        raise rows.fail(line_number + 1, f"not UTF-8 text ({error.reason} at byte {error.start})",
+                        "save the file as UTF-8") from None
+    except OSError as error:
+        raise JdnaError(f"task file {rows.path} cannot be read: {error.strerror or error}") from None
+
+
+def duplicate_choice_items(items: list[Item]) -> list[str]:
+    """Ids of multiple-choice items whose options repeat a text: if the gold text repeats, no answer is right."""
+    return [item.id for item in items if item.choices and len(set(item.choices)) < len(item.choices)]
+
+
 def load_jsonl(
     path: str | Path,
     *,
@@ -250,16 +299,16 @@ def load_jsonl(
     kind: str | None = None
     parsed: list[tuple[int, Item, Any]] = []
     splits: list[str | None] = []
-    with open(file, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
+    header_line = 0
+    try:
+        handle = open(file, encoding="utf-8-sig")  # a byte-order mark some editors write is accepted
+    except OSError as error:
+        raise JdnaError(f"task file {file} cannot be read: {error.strerror or error}") from None
+    with handle:
+        for line_number, line in _lines(rows, handle):
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise rows.fail(
-                    line_number, f"invalid JSON ({error.msg})", "write one JSON object per line"
-                ) from None
+            row = _read_row(rows, line_number, line)
             if not isinstance(row, dict):
                 raise rows.fail(line_number, "not a JSON object", "write one JSON object per line")
             if HEADER_KEY in row:
@@ -276,6 +325,7 @@ def load_jsonl(
                         f'write only {{"{HEADER_KEY}": {{...}}}} on that line',
                     )
                 header = _parse_header(rows, line_number, row[HEADER_KEY])
+                header_line = line_number
                 kind = header.get("kind")
                 continue
             if kind is None:
@@ -329,6 +379,12 @@ def load_jsonl(
         )
 
     metrics = header.get("metrics")
+    for metric in metrics or []:
+        if metric not in KIND_METRICS[kind]:
+            guess = nearest(metric, KIND_METRICS[kind])
+            hint = f"did you mean '{guess}'? " if guess else ""
+            raise rows.fail(header_line, f"unknown metric '{metric}' for a {kind} task",
+                            f"{hint}valid: {', '.join(KIND_METRICS[kind])}")
     if metrics is None:
         regression = kind == "classification" and labels is None
         metrics = ["pearson", "spearman"] if regression else list(DEFAULT_METRICS[kind])
