@@ -7,11 +7,23 @@ from typing import Annotated
 
 import typer
 
-from jdna.commands.common import AllowPickle, CliReporter, ModelArgument, emit, model_from_stdin
+from jdna.commands.common import (
+    AllowPickle,
+    CliReporter,
+    DeviceMapOption,
+    DeviceOption,
+    DtypeOption,
+    ModelArgument,
+    emit,
+    model_from_stdin,
+    placement_for,
+)
 from jdna.errors import JdnaError
-from jdna.evaluation import EvalConfig, prepare, run_eval, summary, validate
+from jdna.evaluation import EvalConfig, auto_dtype, prepare, run_eval, summary, validate
+from jdna.finetune.distributed import data_parallel, launched_rank
 from jdna.models import resolve
 from jdna.paths import expand
+from jdna.progress import Reporter
 
 
 def _record_path(output: str | None) -> Path | None:
@@ -73,6 +85,9 @@ def eval_command(
     ] = None,
     force: Annotated[bool, typer.Option(help="Recompute even if the content-addressed record exists.")] = False,
     allow_pickle: AllowPickle = False,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    device_map: DeviceMapOption = None,
 ) -> None:
     """Evaluate a model on a task (multiple choice, generation, perplexity, classification) with difficulty knobs.
 
@@ -99,6 +114,13 @@ def eval_command(
     validate(config)  # flags first: nothing is read or loaded for a bad flag
     out = _record_path(output)
     prepare(config)  # task data and knobs (pool sizes, option counts) before any model
-    ref = resolve(model_from_stdin(model), allow_pickle=allow_pickle)
-    record = run_eval(ref, config, out, CliReporter("eval"), force=force)
-    emit(summary(record))
+    main = launched_rank() == 0  # under torchrun / accelerate launch only rank 0 logs and prints
+    with data_parallel() as dist:
+        # The launched processes share stdin: rank 0 reads a piped record and passes the model on.
+        spec = dist.broadcast_object(model_from_stdin(model) if main else None) if dist.enabled else model
+        ref = resolve(model_from_stdin(spec), allow_pickle=allow_pickle)
+        placement = placement_for(ref, device, dtype, device_map, auto_dtype=auto_dtype)
+        reporter = CliReporter("eval") if main else Reporter()
+        record = run_eval(ref, config, out, reporter, force=force, placement=placement)
+    if main:
+        emit(summary(record))

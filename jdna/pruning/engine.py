@@ -235,9 +235,17 @@ def _dense_input_norms(
 
 
 def prune_model(
-    model: nn.Module, tokenizer: Any, plan: PrunePlan, reporter: Reporter | None = None
+    model: nn.Module,
+    tokenizer: Any,
+    plan: PrunePlan,
+    reporter: Reporter | None = None,
+    device: torch.device | str | None = None,
 ) -> PruneOutcome:
-    """Prune `model` in place according to `plan`; returns the masks (and any rewritten weights)."""
+    """Prune `model` in place according to `plan`; returns the masks (and any rewritten weights).
+
+    `device`: where calibrated methods run each block (the model itself may stay on the CPU; see
+    LayerwiseRunner); None runs them where the model is.
+    """
     reporter = reporter or Reporter()
     config = plan.config
     method = plan.method
@@ -275,7 +283,7 @@ def prune_model(
     }
 
     def new_runner() -> LayerwiseRunner:
-        return LayerwiseRunner(model, calib.input_ids)
+        return LayerwiseRunner(model, calib.input_ids, device=device)
 
     if isinstance(method, ReconstructionMethod):
         masks, updated = _sparsegpt_pass(new_runner(), matrices, plan, reporter)
