@@ -20,11 +20,9 @@ import argparse
 import json
 import os
 import random
-import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -159,7 +157,6 @@ def main() -> None:
         "forward_s": round(forward["seconds"], 2), "unique_tokens": forward["tokens"],
         "eval_throughput": round(forward["seconds"] / scoring, 3),
     }))
-    del resource
 
 
 if __name__ == "__main__":

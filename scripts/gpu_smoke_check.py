@@ -56,7 +56,8 @@ def write_data(directory: Path) -> None:
     for i in range(96):
         positive = i % 2 == 0
         mood = rng.choice(["wonderful", "great", "lovely", "happy"] if positive else ["awful", "bad", "sad", "dull"])
-        text = f"The {rng.choice(NOUNS)} {rng.choice(VERBS)} a {rng.choice(ADJECTIVES)} {rng.choice(NOUNS)}; it was {mood}."
+        subject, verb, adjective, noun = rng.choice(NOUNS), rng.choice(VERBS), rng.choice(ADJECTIVES), rng.choice(NOUNS)
+        text = f"The {subject} {verb} a {adjective} {noun}; it was {mood}."
         rows.append({"id": f"c{i}", "text": text, "label": "positive" if positive else "negative",
                      "split": "train" if i < 64 else "test"})
     (directory / "cls.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
