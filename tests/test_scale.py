@@ -278,3 +278,18 @@ def test_torchrun_eval_matches_one_process(tiny_llama: Path, tmp_path: Path) -> 
     assert two["id"] == one["id"]  # the same evaluation, by content
     assert two["per_item"] == one["per_item"]
     assert two["metrics"] == one["metrics"]
+
+
+def test_device_map_auto_runs_where_accelerate_places(tiny_llama: Path, tmp_path: Path) -> None:
+    task = f"file:{_mc_file(tmp_path)}"
+    plain = run("eval", str(tiny_llama), "--task", task, "-o", str(tmp_path / "plain.json"))
+    mapped = run("eval", str(tiny_llama), "--task", task, "--device-map", "auto", "-o", str(tmp_path / "map.json"))
+    assert plain.code == 0 and mapped.code == 0, mapped.stderr
+    one, two = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("plain", "map"))
+    assert two["device_map"] == "auto" and two["per_item"] == one["per_item"]
+    if not torch.cuda.is_available():  # accelerate places everything on the CPU: the same run, the same id
+        assert two["id"] == one["id"]
+    pruned = run("prune", str(tiny_llama), "-s", "0.5", "--device-map", "auto")
+    assert pruned.code == 0, pruned.stderr
+    clash = run("eval", str(tiny_llama), "--task", task, "--device-map", "auto", "--device", "cpu")
+    assert clash.code == 2 and "--device-map" in clash.stderr
