@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -293,3 +295,16 @@ def test_device_map_auto_runs_where_accelerate_places(tiny_llama: Path, tmp_path
     assert pruned.code == 0, pruned.stderr
     clash = run("eval", str(tiny_llama), "--task", task, "--device-map", "auto", "--device", "cpu")
     assert clash.code == 2 and "--device-map" in clash.stderr
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
+def test_makefile_launch_prefixes_every_model_step(tmp_path: Path) -> None:
+    targets = [f"{tmp_path}/{name}/records.jsonl" for name in ("setting1", "setting2", "quantization", "lmc")]
+    done = subprocess.run(
+        ["make", "-n", "-C", str(REPO), "--no-print-directory", f"R={tmp_path}", "LAUNCH=XLAUNCH", *targets],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    steps = re.findall(r"(\S+)\s+\S*jdna (prune|quantize|lowrank|finetune|eval|lmc)\b", done.stdout)
+    assert {step for _, step in steps} == {"prune", "quantize", "lowrank", "finetune", "eval", "lmc"}
+    assert all(prefix.endswith("XLAUNCH") for prefix, _ in steps), [s for s in steps if "XLAUNCH" not in s[0]][:3]
