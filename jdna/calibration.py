@@ -163,7 +163,7 @@ def is_dispatched(model: nn.Module) -> bool:
 # Calibration tokens run through a block together, so the matmuls see long rows (a per-sample loop runs
 # each weight through memory once per sample). Activation memory grows with the chunk, so it is capped.
 CPU_TOKENS_PER_CHUNK = 16_384
-CUDA_TOKENS_PER_CHUNK = 65_536
+CUDA_TOKENS_PER_CHUNK = 32_768
 
 
 def chunk_samples(samples: int, seqlen: int, device: torch.device) -> int:
