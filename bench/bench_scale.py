@@ -11,7 +11,7 @@ each measurement in its own process and reads its peak RSS (ru_maxrss of the chi
 2. `jdna prune DIR -s 0.5`: time vs 1 (goal <= 3x), peak RSS vs the checkpoint size (goal <= 1.3x);
 3. `jdna eval DIR --task file:<multiple choice>` with the default dtype: peak RSS vs the checkpoint (goal <=
    1.5x), and scoring throughput vs one padding-free forward over the same unique tokens (each question's
-   prompt plus every option's tokens once, batch 1; goal >= 70%).
+   prompt plus every option's tokens once, all packed into one sequence; goal >= 70%).
 """
 
 from __future__ import annotations
@@ -101,14 +101,30 @@ for item in task.items:
         whole = tok(prompt + cont, add_special_tokens=False)["input_ids"]
         ids = ids + whole[len(tok(prompt, add_special_tokens=False)["input_ids"]):]
     seqs.append(ids)
+packed = [token for ids in seqs for token in ids]  # one sequence: no padding, every unique token once
 with torch.no_grad():
-    model(input_ids=torch.tensor([seqs[0][:8]]))
+    model(input_ids=torch.tensor([packed[:8]]))
     t = time.perf_counter()
-    for ids in seqs:
-        model(input_ids=torch.tensor([ids]), use_cache=False)
+    model(input_ids=torch.tensor([packed]), use_cache=False)
     s = time.perf_counter() - t
 print(json.dumps({"seconds": s, "tokens": sum(map(len, seqs)), "dtype": str(model.dtype)}))
 '''
+
+
+def _prune_measurements(directory: Path, weights: list[Path], size: int, work: Path, env: dict[str, str]):
+    plain = [sys.executable, "-c",
+             "import sys; from safetensors.torch import load_file, save_file; "
+             "save_file(load_file(sys.argv[1]), sys.argv[2])", str(weights[0]), str(work / "copy.safetensors")]
+    plain_s, plain_rss, _ = measure(plain, env)
+    (work / "copy.safetensors").unlink()
+    print(f"plain load+save: {plain_s:.1f} s, peak RSS {plain_rss / size:.2f}x the checkpoint", flush=True)
+
+    prune_s, prune_rss, out = measure([*JDNA, "prune", str(directory), "-s", "0.5", "--force"], env)
+    record = json.loads(out.strip().splitlines()[-1])
+    print(f"jdna prune -s 0.5: {prune_s:.1f} s = {prune_s / plain_s:.2f}x plain (goal <= 3x); peak RSS "
+          f"{prune_rss / size:.2f}x the checkpoint (goal <= 1.3x); in-command {record.get('seconds')} s", flush=True)
+
+    return plain_s, plain_rss, prune_s, prune_rss
 
 
 def main() -> None:
@@ -116,6 +132,7 @@ def main() -> None:
     parser.add_argument("--dir", help="where the stand-in lives (kept; reused when present)")
     parser.add_argument("--layers", type=int, default=22)
     parser.add_argument("--eval-items", type=int, default=8)
+    parser.add_argument("--skip-prune", action="store_true", help="only the eval measurements")
     args = parser.parse_args()
     scratch = tempfile.TemporaryDirectory()
     directory = build(Path(args.dir) if args.dir else Path(scratch.name) / "tinyllama-shape", args.layers)
@@ -128,17 +145,10 @@ def main() -> None:
           flush=True)
     load_avg = os.getloadavg()[0]
 
-    plain = [sys.executable, "-c",
-             "import sys; from safetensors.torch import load_file, save_file; "
-             "save_file(load_file(sys.argv[1]), sys.argv[2])", str(weights[0]), str(work / "copy.safetensors")]
-    plain_s, plain_rss, _ = measure(plain, env)
-    (work / "copy.safetensors").unlink()
-    print(f"plain load+save: {plain_s:.1f} s, peak RSS {plain_rss / size:.2f}x the checkpoint", flush=True)
-
-    prune_s, prune_rss, out = measure([*JDNA, "prune", str(directory), "-s", "0.5", "--force"], env)
-    record = json.loads(out.strip().splitlines()[-1])
-    print(f"jdna prune -s 0.5: {prune_s:.1f} s = {prune_s / plain_s:.2f}x plain (goal <= 3x); peak RSS "
-          f"{prune_rss / size:.2f}x the checkpoint (goal <= 1.3x); in-command {record.get('seconds')} s", flush=True)
+    if args.skip_prune:
+        plain_s = plain_rss = prune_s = prune_rss = float("nan")
+    else:
+        plain_s, plain_rss, prune_s, prune_rss = _prune_measurements(directory, weights, size, work, env)
 
     task = mc_task(work / "mc.jsonl", args.eval_items)
     eval_s, eval_rss, out = measure([*JDNA, "eval", str(directory), "--task", f"file:{task}", "--force"], env)
