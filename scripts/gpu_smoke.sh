@@ -115,8 +115,11 @@ run_side() {
 
 "${JDNA[@]}" prune "$ENCODER" -s 0.5 --device cpu > "$WORK/encoder_mask.json" 2> "$WORK/encoder_mask.log" \
   || { echo "pruning the encoder failed: $(tail -n 1 "$WORK/encoder_mask.log")" >&2; exit 2; }
-run_side ref
+# The two sides run at the same time (the reference mostly on the CPU, the test mostly on the device).
+run_side ref &
+ref_pid=$!
 run_side test
+wait "$ref_pid"
 extra=()
 if [[ "$DEVICE" != cpu && "$DTYPE" != float32 ]]; then
   echo "[test32]" >&2
