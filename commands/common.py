@@ -155,3 +155,29 @@ def output_path(output: str | None) -> Path | None:
     if not os.access(path.parent, os.W_OK):
         raise JdnaError(f"output directory '{path.parent}' is not writable: choose another -o path")
     return check_target(path, "-o")
+
+
+# Placement options shared by every model-loading command (see jdna/placement.py and docs/scale.md).
+DeviceOption = Annotated[
+    str, typer.Option("--device", help="auto (CUDA when a GPU is visible, else CPU), cpu, cuda or cuda:N.")
+]
+DtypeOption = Annotated[
+    str,
+    typer.Option(
+        "--dtype",
+        help="auto (the checkpoint's dtype; eval and lmc differ, see docs/scale.md), float32, bfloat16 or float16.",
+    ),
+]
+DeviceMapOption = Annotated[
+    str | None,
+    typer.Option(
+        "--device-map", help="auto: spread the model over every GPU, then CPU memory (accelerate); replaces --device."
+    ),
+]
+
+
+def placement_for(ref: Any, device: str, dtype: str, device_map: str | None = None, auto_dtype: Any = None) -> Any:
+    """The run's Placement (jdna.placement) from the shared options and the model's checkpoint."""
+    from jdna.placement import resolve_placement
+
+    return resolve_placement(device, dtype, ref.base.config, device_map, auto_dtype)

@@ -8,12 +8,24 @@ from typing import Annotated
 
 import typer
 
-from jdna.commands.common import AllowPickle, CliReporter, ModelArgument, emit, model_from_stdin
+from jdna.commands.common import (
+    AllowPickle,
+    CliReporter,
+    DeviceMapOption,
+    DeviceOption,
+    DtypeOption,
+    ModelArgument,
+    emit,
+    model_from_stdin,
+    placement_for,
+)
 from jdna.errors import JdnaError
-from jdna.evaluation import EvalConfig, parse_limit, prepare, run_evals, summary, validate
+from jdna.evaluation import EvalConfig, auto_dtype, parse_limit, prepare, run_evals, summary, validate
+from jdna.finetune.distributed import data_parallel, launched_rank
 from jdna.models import resolve
 from jdna.outputs import check_target
 from jdna.paths import expand
+from jdna.progress import Reporter
 from jdna.tasks import default_shots
 
 
@@ -146,6 +158,9 @@ def eval_command(
             "so 'jdna difficulty' can normalise a model pruned outside jdna. Automatic for jdna exports."
         ),
     ] = None,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    device_map: DeviceMapOption = None,
 ) -> None:
     """Evaluate a model on a task (multiple choice, generation, perplexity, classification) with difficulty knobs.
 
@@ -179,12 +194,20 @@ def eval_command(
     out = _record_path(output)
     for config in configs:
         prepare(config)  # task data and knobs (pool sizes, option counts) before any model
-    ref = resolve(model_from_stdin(model), allow_pickle=allow_pickle)
-    from jdna.sparsity import record_dense_parent, reference_of
+    main = launched_rank() == 0  # under torchrun / accelerate launch only rank 0 logs and prints
+    with data_parallel() as dist:
+        # The launched processes share stdin: rank 0 reads a piped record and passes the model on.
+        spec = dist.broadcast_object(model_from_stdin(model) if main else None) if dist.enabled else model
+        ref = resolve(model_from_stdin(spec), allow_pickle=allow_pickle)
+        from jdna.sparsity import record_dense_parent, reference_of
 
-    if dense_parent is not None:
-        ref.dense_parent = reference_of(resolve(dense_parent, allow_pickle=allow_pickle))
-    for record in run_evals(ref, configs, out, CliReporter("eval"), force=force):
-        if ref.dense_parent is not None:
-            record = record_dense_parent(record, ref.dense_parent)  # also labels a cached record
-        emit(summary(record))
+        if dense_parent is not None:
+            ref.dense_parent = reference_of(resolve(dense_parent, allow_pickle=allow_pickle))
+        placement = placement_for(ref, device, dtype, device_map, auto_dtype=auto_dtype)
+        reporter = CliReporter("eval") if main else Reporter()
+        for record in run_evals(ref, configs, out, reporter, force=force, placement=placement):
+            if not main:
+                continue
+            if ref.dense_parent is not None:
+                record = record_dense_parent(record, ref.dense_parent)  # also labels a cached record
+            emit(summary(record))

@@ -11,10 +11,13 @@ from jdna.commands.common import (
     AllowPickle,
     ArtifactOutput,
     CliReporter,
+    DeviceOption,
+    DtypeOption,
     ModelArgument,
     emit,
     model_from_stdin,
     output_path,
+    placement_for,
 )
 from jdna.finetune import MODES, FinetuneConfig, check_model, plan, run_finetune
 from jdna.finetune.distributed import data_parallel, launched_rank
@@ -80,6 +83,8 @@ def finetune(
         bool, typer.Option(help="Retrain even if the content-addressed artifact exists; drop any checkpoint.")
     ] = False,
     allow_pickle: AllowPickle = False,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
 ) -> None:
     """Fine-tune a (pruned) model on a task; check the mode's invariant; evaluate the validation items.
 
@@ -123,6 +128,7 @@ def finetune(
         spec = dist.broadcast_object(model_from_stdin(model) if main else None) if dist.enabled else model
         ref = resolve(model_from_stdin(spec), allow_pickle=allow_pickle)
         check_model(ref, config)
-        record = run_finetune(ref, config, out, reporter, force=force)
+        placement = placement_for(ref, device, dtype)
+        record = run_finetune(ref, config, out, reporter, force=force, placement=placement)
     if main:
         emit(record)

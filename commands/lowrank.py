@@ -10,11 +10,15 @@ from jdna.commands.common import (
     AllowPickle,
     ArtifactOutput,
     CliReporter,
+    DeviceMapOption,
+    DeviceOption,
+    DtypeOption,
     ForceRecompute,
     ModelArgument,
     emit,
     model_from_stdin,
     output_path,
+    placement_for,
 )
 from jdna.models import resolve
 from jdna.quantization.run import LowRankConfig, plan_lowrank, run_lowrank
@@ -46,6 +50,9 @@ def lowrank(
     output: ArtifactOutput = None,
     force: ForceRecompute = False,
     allow_pickle: AllowPickle = False,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    device_map: DeviceMapOption = None,
 ) -> None:
     """Replace each transformer-block weight matrix W by U_r S_r V_rᵀ and write a lowrank artifact (factors)."""
     config = LowRankConfig(
@@ -58,5 +65,6 @@ def lowrank(
     plan_lowrank(config)  # validate the flags before touching any model or file
     out = output_path(output)
     ref = resolve(model_from_stdin(model), allow_pickle=allow_pickle)
-    record = run_lowrank(ref, config, out, CliReporter("lowrank"), force=force)
+    placement = placement_for(ref, device, dtype, device_map)
+    record = run_lowrank(ref, config, out, CliReporter("lowrank"), force=force, placement=placement)
     emit(record)

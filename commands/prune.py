@@ -10,11 +10,15 @@ from jdna.commands.common import (
     AllowPickle,
     ArtifactOutput,
     CliReporter,
+    DeviceMapOption,
+    DeviceOption,
+    DtypeOption,
     ForceRecompute,
     ModelArgument,
     emit,
     model_from_stdin,
     output_path,
+    placement_for,
 )
 from jdna.models import resolve
 from jdna.pruning import METHODS, PruneConfig, plan_prune, run_prune
@@ -88,6 +92,9 @@ def prune(
     output: ArtifactOutput = None,
     force: ForceRecompute = False,
     allow_pickle: AllowPickle = False,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    device_map: DeviceMapOption = None,
 ) -> None:
     """Prune a model's transformer-block weight matrices and write a pruned artifact (masks over the base)."""
     config = PruneConfig(
@@ -112,5 +119,6 @@ def prune(
     plan_prune(config)  # validate the flags before touching any model or file
     out = output_path(output)
     ref = resolve(model_from_stdin(model), allow_pickle=allow_pickle)
-    record = run_prune(ref, config, out, CliReporter("prune"), force=force)
+    placement = placement_for(ref, device, dtype, device_map)
+    record = run_prune(ref, config, out, CliReporter("prune"), force=force, placement=placement)
     emit(record)

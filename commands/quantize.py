@@ -10,11 +10,15 @@ from jdna.commands.common import (
     AllowPickle,
     ArtifactOutput,
     CliReporter,
+    DeviceMapOption,
+    DeviceOption,
+    DtypeOption,
     ForceRecompute,
     ModelArgument,
     emit,
     model_from_stdin,
     output_path,
+    placement_for,
 )
 from jdna.models import resolve
 from jdna.quantization.run import QUANT_METHODS, QuantizeConfig, plan_quantize, run_quantize
@@ -62,6 +66,9 @@ def quantize(
     output: ArtifactOutput = None,
     force: ForceRecompute = False,
     allow_pickle: AllowPickle = False,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    device_map: DeviceMapOption = None,
 ) -> None:
     """Quantize a model's transformer-block weight matrices and write a quantized artifact (packed codes).
 
@@ -87,5 +94,6 @@ def quantize(
     plan_quantize(config)  # validate the flags before touching any model or file
     out = output_path(output)
     ref = resolve(model_from_stdin(model), allow_pickle=allow_pickle)
-    record = run_quantize(ref, config, out, CliReporter("quantize"), force=force)
+    placement = placement_for(ref, device, dtype, device_map)
+    record = run_quantize(ref, config, out, CliReporter("quantize"), force=force, placement=placement)
     emit(record)

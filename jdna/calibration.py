@@ -189,14 +189,62 @@ class _Chunk:
         return _Chunk((hidden, *self.args[1:]), self.kwargs)
 
 
-class LayerwiseRunner:
-    """Feeds calibration samples through a model one transformer block at a time."""
+def _to_device(value: Any, device: torch.device) -> Any:
+    """`value` with every tensor inside (tuples, lists, dicts) moved to `device`."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device, non_blocking=True)
+    if isinstance(value, tuple):
+        return tuple(_to_device(v, device) for v in value)
+    if isinstance(value, list):
+        return [_to_device(v, device) for v in value]
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    return value
 
-    def __init__(self, model: nn.Module, input_ids: torch.Tensor, batch_size: int = 8) -> None:
+
+def is_dispatched(model: nn.Module) -> bool:
+    """Whether accelerate placed the model's layers (``--device-map``): its blocks then stay where they are."""
+    placement = getattr(model, "hf_device_map", None)
+    return isinstance(placement, dict) and len(set(placement.values())) > 1
+
+
+# Calibration tokens run through a block together, so the matmuls see long rows (a per-sample loop runs
+# each weight through memory once per sample). Activation memory grows with the chunk, so it is capped.
+CPU_TOKENS_PER_CHUNK = 16_384
+CUDA_TOKENS_PER_CHUNK = 32_768
+
+
+def chunk_samples(samples: int, seqlen: int, device: torch.device) -> int:
+    """Calibration samples per chunk on `device`: as many as the token budget allows, at least one."""
+    budget = CUDA_TOKENS_PER_CHUNK if device.type == "cuda" else CPU_TOKENS_PER_CHUNK
+    return max(1, min(samples, budget // max(seqlen, 1)))
+
+
+class LayerwiseRunner:
+    """Feeds calibration samples through a model one transformer block at a time.
+
+    With a `device` other than where the model lives (the model is loaded on the CPU), each block is moved
+    to `device` when `iter_blocks` reaches it and back afterwards, and the captured activations live on
+    `device`: only one block's weights and one set of activations occupy the accelerator, as in the
+    reference Wanda/SparseGPT/GPTQ code. A model placed by accelerate (``--device-map``) is left where it
+    is; each block's inputs follow it.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        input_ids: torch.Tensor,
+        batch_size: int | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
         self.model = model
-        self.device = next(model.parameters()).device
+        self.home = next(model.parameters()).device
+        self.offload = device is not None and not is_dispatched(model)
+        self.device = torch.device(device) if self.offload and device is not None else self.home
         self.blocks_path, self.blocks = find_blocks(model)
-        self.chunks = self._capture_inputs(input_ids, batch_size)
+        size = batch_size or chunk_samples(input_ids.shape[0], input_ids.shape[1], self.device)
+        captured = self._capture_inputs(input_ids, size)
+        self.chunks = [_Chunk(*_to_device((c.args, c.kwargs), self.device)) for c in captured]
 
     @torch.no_grad()
     def _capture_inputs(self, input_ids: torch.Tensor, batch_size: int) -> list[_Chunk]:
@@ -210,7 +258,7 @@ class LayerwiseRunner:
         accepts_cache = "use_cache" in inspect.signature(self.model.forward).parameters
         try:
             for start in range(0, input_ids.shape[0], batch_size):
-                batch = input_ids[start : start + batch_size].to(self.device)
+                batch = input_ids[start : start + batch_size].to(self.home)
                 kwargs: dict[str, Any] = {"input_ids": batch, "attention_mask": torch.ones_like(batch)}
                 if accepts_cache:
                     kwargs["use_cache"] = False
@@ -236,7 +284,15 @@ class LayerwiseRunner:
         self.chunks = outputs
 
     def iter_blocks(self) -> Iterator[tuple[int, nn.Module]]:
-        yield from enumerate(self.blocks)
+        """Each block in order, on the calibration device while the caller works on it."""
+        for index, block in enumerate(self.blocks):
+            if self.offload:
+                block.to(self.device)
+            try:
+                yield index, block
+            finally:
+                if self.offload:
+                    block.to(self.home)
 
 
 def collect_inputs(
@@ -259,20 +315,44 @@ def collect_inputs(
     return remove
 
 
+class _SameInput:
+    """Reuses a statistic when consecutive modules read the very same input tensor (q/k/v, gate/up).
+
+    The last input is kept referenced, so its memory cannot be reused by another tensor while its address,
+    layout and version counter identify it: an equal key means equal values.
+    """
+
+    def __init__(self) -> None:
+        self._input: torch.Tensor | None = None
+        self._key: tuple[Any, ...] | None = None
+        self._value: torch.Tensor | None = None
+
+    def get(self, x: torch.Tensor, compute: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        key = (x.data_ptr(), tuple(x.shape), x.stride(), x.dtype, x.device, x._version)
+        if self._value is None or key != self._key:
+            self._input, self._key, self._value = x, key, compute(x)
+        return self._value
+
+    def forget(self) -> None:
+        self._input = self._key = self._value = None
+
+
 class InputNormAccumulator:
     """‖X_j‖₂ over all calibration tokens for each input feature j (Wanda's activation statistic)."""
 
     def __init__(self) -> None:
         self.sum_squares: dict[str, torch.Tensor] = {}
+        self._same = _SameInput()
 
     def __call__(self, name: str, x: torch.Tensor) -> None:
-        contribution = x.to(torch.float32).pow(2).sum(0)
+        contribution = self._same.get(x, lambda t: t.to(torch.float32).pow(2).sum(0))
         if name in self.sum_squares:
             self.sum_squares[name] += contribution
         else:
-            self.sum_squares[name] = contribution
+            self.sum_squares[name] = contribution.clone()
 
     def norms(self) -> dict[str, torch.Tensor]:
+        self._same.forget()
         return {name: value.sqrt().cpu() for name, value in self.sum_squares.items()}
 
 
@@ -282,19 +362,26 @@ class HessianAccumulator:
     def __init__(self) -> None:
         self.sums: dict[str, torch.Tensor] = {}
         self.counts: dict[str, int] = {}
+        self._same = _SameInput()
 
     def __call__(self, name: str, x: torch.Tensor) -> None:
-        x = x.to(torch.float32)
-        contribution = x.T @ x
+        contribution = self._same.get(x, _gram)
         if name in self.sums:
             self.sums[name] += contribution
         else:
-            self.sums[name] = contribution
+            self.sums[name] = contribution.clone()
         self.counts[name] = self.counts.get(name, 0) + x.shape[0]
 
     def hessian(self, name: str) -> torch.Tensor:
+        self._same.forget()
         return 2.0 * self.sums[name] / max(self.counts[name], 1)
 
     def clear(self) -> None:
+        self._same.forget()
         self.sums.clear()
         self.counts.clear()
+
+
+def _gram(x: torch.Tensor) -> torch.Tensor:
+    x = x.to(torch.float32)
+    return x.T @ x

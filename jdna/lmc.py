@@ -25,9 +25,10 @@ from torch import nn
 from jdna.artifact import artifact_id, versions
 from jdna.errors import JdnaError
 from jdna.io import write_json_atomic
-from jdna.models import ModelRef, canonical_parameters, default_device, head_of, load_model
+from jdna.models import ModelRef, canonical_parameters, head_of, load_model
 from jdna.outputs import claim_record, model_inputs
 from jdna.paths import runs_dir
+from jdna.placement import Placement, resolve_placement
 from jdna.progress import Reporter
 
 LMC_PROTOCOL_VERSION = 2  # 2: barrier_* is Frankle's (sup minus the endpoints' mean); 1 was the chord gap
@@ -232,14 +233,23 @@ def run_lmc(
     output: Path | None = None,
     reporter: Reporter | None = None,
     force: bool = False,
+    placement: Placement | None = None,
 ) -> dict[str, Any]:
-    """Evaluate the linear path between two models on a task; returns the lmc record (docs/records.md)."""
+    """Evaluate the linear path between two models on a task; returns the lmc record (docs/records.md).
+
+    `placement` default: the GPU when visible, else the CPU, in float32 (``--dtype auto`` for lmc: the
+    interpolated weights and the barrier are measured in full precision, as before the option existed).
+    """
     reporter = reporter or Reporter()
+    placement = placement or resolve_placement("auto", "float32", ref_a.base.config)
     alphas = alpha_grid(points)
     if limit is not None and limit < 1:
         raise JdnaError(f"--limit {limit} is below 1")
     params = {"protocol": LMC_PROTOCOL_VERSION, "task": task, "points": points, "limit": limit, "seed": seed,
               "other": ref_b.identity, "task_inputs": _task_inputs(task, limit, seed)}
+    compute = placement.id_params(device_matters=True)
+    if compute:
+        params["compute"] = compute
     identity = artifact_id(ref_a.identity, "lmc", params)
     path = Path(output) if output else runs_dir() / "lmc" / f"{identity[:20]}.json"
     if path.exists() and not force:
@@ -256,9 +266,9 @@ def run_lmc(
         raise JdnaError("cannot interpolate: the two models have different task heads (fine-tune both on the task)")
     claim = claim_record(path, identity, output is not None, force, [*model_inputs(ref_a), *model_inputs(ref_b)])
     started = time.perf_counter()
-    device = default_device()
-    model_a, tokenizer = load_model(ref_a, device=device, dtype=torch.float32)
-    model_b, _ = load_model(ref_b, device=device, dtype=torch.float32)
+    device = placement.device
+    model_a, tokenizer = load_model(ref_a, device=device, dtype=placement.dtype)
+    model_b, _ = load_model(ref_b, device=device, dtype=placement.dtype)
     check_compatible(model_a, model_b, ref_a, ref_b)
     state_a = {name: p.detach().clone() for name, p in canonical_parameters(model_a).items()}
     state_b = {name: p.detach().clone() for name, p in canonical_parameters(model_b).items()}
@@ -294,6 +304,7 @@ def run_lmc(
         "chord_barrier_loss": round(barrier(losses, alphas, higher_is_better=False), 6),
         "chord_barrier_metric": round(barrier(metrics, alphas, higher_is_better=scorer.higher_is_better), 6),
         "n": scorer.n,
+        **placement.record(),
         "timing": {"seconds": round(time.perf_counter() - started, 3)},
         "versions": versions(),
     }

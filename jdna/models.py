@@ -304,11 +304,14 @@ def load_model(
     device: torch.device | str | None = None,
     dtype: torch.dtype | str = "auto",
     allow_pickle: bool = False,
+    device_map: str | None = None,
 ) -> tuple[nn.Module, Any]:
     """Materialise `ref` as a transformers model (eval mode) and its tokenizer.
 
     `head` selects a task head, e.g. ``{"type": "sequence_classification", "num_labels": 2}``; by default a
     head recorded in the chain is used, else the base model's own class (causal LM or bare encoder).
+    `device_map` (e.g. ``"auto"``) lets accelerate spread the layers over the GPUs and CPU memory instead of
+    putting the whole model on `device`.
     """
     from transformers import (
         AutoModel,
@@ -323,6 +326,8 @@ def load_model(
     hf_logging.disable_progress_bar()
     head = head or head_of(ref)
     kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": not allow_pickle}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
     if head and head.get("type") == "sequence_classification":
         kwargs["num_labels"] = int(head["num_labels"])
         if head.get("problem_type"):
@@ -347,9 +352,15 @@ def load_model(
         tokenizer.pad_token = tokenizer.eos_token
     if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    if ref.chain and device_map is not None and any(p.device.type == "meta" for p in model.parameters()):
+        raise JdnaError(
+            f"--device-map {device_map} offloaded part of '{ref.display_name}' (it does not fit in GPU and CPU "
+            "memory together), and an artifact's weights cannot be applied to offloaded layers: use more GPUs "
+            "or a machine with more memory"
+        )
     for artifact in ref.chain:
         apply_artifact(model, artifact)
     model.eval()
-    if device is not None:
+    if device is not None and device_map is None:
         model.to(device)
     return model, tokenizer

@@ -16,6 +16,7 @@ import math
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +41,10 @@ from jdna.evaluation.base import (
 )
 from jdna.evaluation.lmeval_results import results_block
 from jdna.io import write_json_atomic, write_text_atomic
-from jdna.models import ModelRef, default_device
+from jdna.models import ModelRef
 from jdna.outputs import Claim, check_target, claim_output, claim_record, model_inputs
 from jdna.paths import expand, runs_dir
+from jdna.placement import Placement, resolve_placement
 from jdna.progress import Reporter
 from jdna.tasks import Item, Task, load_task, parse_spec, restrict_options, split_answerable
 from jdna.tasks.base import current_inputs, hash_rank
@@ -280,9 +282,18 @@ def _model_block(ref: ModelRef) -> dict[str, Any]:
     }
 
 
-def _device_and_dtype() -> tuple[torch.device, torch.dtype]:
-    device = default_device()
-    return device, (torch.bfloat16 if device.type == "cuda" else torch.float32)
+def auto_dtype(device: torch.device, stored: torch.dtype) -> torch.dtype:
+    """What ``jdna eval --dtype auto`` scores in: the checkpoint's dtype, except bfloat16 for a float32
+    checkpoint on CUDA (as eval always did there) and float32 for a float16 checkpoint on the CPU (CPU
+    half-precision kernels are slow and lossy). A float32 checkpoint on the CPU scores in float32, as before."""
+    if device.type == "cuda":
+        return torch.bfloat16 if stored == torch.float32 else stored
+    return torch.float32 if stored == torch.float16 else stored
+
+
+def default_placement(ref: ModelRef) -> Placement:
+    """eval's placement without flags: ``--device auto --dtype auto``."""
+    return resolve_placement("auto", "auto", ref.base.config, auto_dtype=auto_dtype)
 
 
 def _task_files(spec: str) -> list[Path]:
@@ -302,38 +313,66 @@ def run_eval(
     output: Path | None = None,
     reporter: Reporter | None = None,
     force: bool = False,
+    placement: Placement | None = None,
 ) -> dict[str, Any]:
     """Evaluate the model `ref` names on `config.task`; returns the full record (see docs/records.md).
 
     A record already at the content-addressed path (or `output`) with the same id is returned with
     `"cached": true` instead of re-running, unless `force` or `config.log_samples` (samples are not kept
     in the record, so they are recomputed).
+
+    `placement` (default `default_placement`) sets device, dtype and device map; a dtype other than float32
+    and a CUDA device enter the content address. Under ``torchrun``/``accelerate launch`` every process calls
+    this, the scoring is split between them (jdna/evaluation/parallel.py), every process returns the same
+    record and rank 0 alone writes it.
     """
-    reporter = reporter or Reporter()
+    from jdna.finetune.distributed import data_parallel
+
+    with data_parallel() as dist:
+        return _run_eval(ref, config, output, reporter or Reporter(), force, placement or default_placement(ref), dist)
+
+
+def _run_eval(
+    ref: ModelRef,
+    config: EvalConfig,
+    output: Path | None,
+    reporter: Reporter,
+    force: bool,
+    placement: Placement,
+    dist: Any,
+) -> dict[str, Any]:
     started = time.perf_counter()
     prepared = prepare(config)
     evaluator = EVALUATORS.get(prepared.task.kind)
     evaluator.check(ref, prepared, config)
+    if dist.enabled and dist.device is not None:  # the launcher's device per process wins
+        placement = replace(placement, device=dist.device, device_map=None)
     params = eval_params(ref, prepared, config)
+    compute = placement.id_params(device_matters=True)
+    if compute:
+        params["compute"] = compute
     identity = artifact_id(ref.identity, "eval", params)
     path = Path(output) if output else default_record_path(identity)
-    if path.exists() and not force:
-        cached = _read_cached(path, identity)
-        if cached is not None and config.log_samples is None:
-            reporter.log(f"cache hit: {path}")
-            return {**cached, "path": str(path), "cached": True}
-        if cached is not None:
-            reporter.log("recomputing the cached result to write --log-samples")
-    protected = [*model_inputs(ref), *_task_files(config.task)]
-    claim = claim_record(path, identity, output is not None, force, protected)
-    samples_claim = None
-    if config.log_samples is not None:
-        samples = expand(config.log_samples)
-        if os.path.abspath(samples) == os.path.abspath(path):
-            raise JdnaError(f"--log-samples and -o name the same file '{samples}': give each its own path")
-        samples_claim = claim_output(samples, flag="--log-samples", replace=force, protected=[*protected, path])
+    cached = _read_cached(path, identity) if path.exists() and not force else None
+    if dist.enabled:  # every process takes rank 0's decision, so none waits in a collective alone
+        cached = dist.broadcast_object(cached)
+    if cached is not None and config.log_samples is None:
+        reporter.log(f"cache hit: {path}")
+        return {**cached, "path": str(path), "cached": True}
+    if cached is not None:
+        reporter.log("recomputing the cached result to write --log-samples")
+    claim: Claim | None = None
+    samples_claim: Claim | None = None
+    if dist.is_main:  # only rank 0 writes, so only it claims the outputs
+        protected = [*model_inputs(ref), *_task_files(config.task)]
+        claim = claim_record(path, identity, output is not None, force, protected)
+        if config.log_samples is not None:
+            samples = expand(config.log_samples)
+            if os.path.abspath(samples) == os.path.abspath(path):
+                raise JdnaError(f"--log-samples and -o name the same file '{samples}': give each its own path")
+            samples_claim = claim_output(samples, flag="--log-samples", replace=force, protected=[*protected, path])
 
-    device, dtype = _device_and_dtype()
+    device, dtype = placement.device, placement.dtype
     n = len(prepared.items)
     knob_text = ", ".join(f"{k}={v}" for k, v in config.knobs().items() if v not in (None, 0) or k == "seed")
     reporter.log(f"{config.task} ({prepared.task.kind}), {n} items; {knob_text}")
@@ -343,7 +382,12 @@ def run_eval(
             f"warning: {len(repeated)} item(s) list one option text twice (first: id {repeated[0][:40]!r}); "
             "where the repeat is the gold answer, no prediction can be right"
         )
-    ctx = EvalContext(ref=ref, config=config, prepared=prepared, reporter=reporter, device=device, dtype=dtype)
+    if dist.enabled:
+        reporter.log(f"data-parallel over {dist.world_size} processes ({dist.backend}): each scores a shard")
+    ctx = EvalContext(
+        ref=ref, config=config, prepared=prepared, reporter=reporter, device=device, dtype=dtype,
+        device_map=placement.device_map, dist=dist,
+    )
     outcome = evaluator.run(ctx)
     total = time.perf_counter() - started
     record: dict[str, Any] = {
@@ -366,11 +410,15 @@ def run_eval(
             "shot_pool": prepared.shot_pool,
             "task_source": prepared.task.source,
             "provenance": prepared.task.provenance,
-            **{k: v for k, v in params.items() if k not in ("protocol", "task", "kind", "knobs", "shot_pool")},
+            **{
+                k: v
+                for k, v in params.items()
+                if k not in ("protocol", "task", "kind", "knobs", "shot_pool", "compute")
+            },
         },
         **outcome.extra,
-        "device": device.type,
-        "dtype": str(dtype).replace("torch.", ""),
+        **placement.record(),
+        **({"world_size": dist.world_size} if dist.enabled else {}),
         "per_item": outcome.per_item,
         "timing": {
             "seconds": round(total, 3),
@@ -384,6 +432,8 @@ def run_eval(
     record.update(results_block(task_key, outcome.metrics, outcome.item_values, config.shots, n, len(pool)))
     if "load_seconds" in record:
         record["timing"]["load_seconds"] = record.pop("load_seconds")
+    if not dist.is_main:
+        return record
     # The samples first: if they cannot be written, no record claims a run whose samples were asked for.
     if config.log_samples is not None:
         _write_samples(Path(config.log_samples), outcome, record, samples_claim)
@@ -410,6 +460,7 @@ def run_evals(
     output: Path | None = None,
     reporter: Reporter | None = None,
     force: bool = False,
+    placement: Placement | None = None,
 ) -> Iterator[dict[str, Any]]:
     """`run_eval` for each config in turn (`jdna eval --tasks a,b`), yielding each record as it is done.
 
@@ -423,4 +474,4 @@ def run_evals(
     for index, config in enumerate(configs, 1):
         if reporter is not None and len(configs) > 1:
             reporter.log(f"task {index}/{len(configs)}: {config.task}")
-        yield run_eval(ref, config, output, reporter, force=force)
+        yield run_eval(ref, config, output, reporter, force=force, placement=placement)

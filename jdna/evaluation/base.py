@@ -124,6 +124,10 @@ class EvalContext:
     # A model already in memory (jdna finetune validating what it trained): load_lm returns it, loads nothing.
     model: Any = None
     tokenizer: Any = None
+    # accelerate's placement (--device-map), and the data-parallel group whose processes share the scoring
+    # (a jdna.finetune.distributed.Dist; None or world size 1: one process). See jdna/evaluation/parallel.py.
+    device_map: str | None = None
+    dist: Any = None
 
 
 @dataclass
@@ -208,5 +212,5 @@ def load_lm(ctx: EvalContext) -> tuple[Any, Any, float]:
         return ctx.model, ctx.tokenizer, 0.0
     started = time.perf_counter()
     ctx.reporter.log(f"loading {ctx.ref.display_name} ({ctx.device.type}, {str(ctx.dtype).replace('torch.', '')})")
-    model, tokenizer = load_model(ctx.ref, device=ctx.device, dtype=ctx.dtype)
+    model, tokenizer = load_model(ctx.ref, device=ctx.device, dtype=ctx.dtype, device_map=ctx.device_map)
     return model, tokenizer, time.perf_counter() - started

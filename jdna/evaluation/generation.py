@@ -27,6 +27,7 @@ from jdna.evaluation.base import (
     metric_entry,
     needs_causal_lm,
 )
+from jdna.evaluation.parallel import shard_map
 from jdna.io import sha256_text
 from jdna.metrics import exact_match, token_f1
 from jdna.models import ModelRef
@@ -95,9 +96,14 @@ class Generation:
         prompts = [format_prompt(task, item, prepared.shots[item.id]) for item in items]
         ctx.reporter.log(f"generating for {len(items)} items (greedy, up to {config.max_new_tokens} tokens)")
         started = time.perf_counter()
-        outputs = greedy_generate(
-            model, tokenizer, prompts, config.max_new_tokens, stop, batch_size=config.batch_size,
-            progress=ctx.reporter.stage("generating"),
+        outputs = shard_map(
+            ctx.dist,
+            lambda part: greedy_generate(
+                model, tokenizer, part, config.max_new_tokens, stop, batch_size=config.batch_size,
+                progress=ctx.reporter.stage("generating"),
+            ),
+            prompts,
+            costs=[len(prompt) for prompt in prompts],
         )
         seconds = time.perf_counter() - started
 

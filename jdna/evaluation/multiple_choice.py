@@ -28,6 +28,7 @@ from jdna.evaluation.base import (
     metric_entry,
     needs_causal_lm,
 )
+from jdna.evaluation.parallel import shard_map
 from jdna.io import sha256_text
 from jdna.models import ModelRef, head_of
 from jdna.scoring import ChoiceRequest, ChoiceScores, loglikelihood_choices
@@ -93,8 +94,12 @@ class MultipleChoice:
         model, tokenizer, load_seconds = load_lm(ctx)
         ctx.reporter.log(f"scoring {len(items)} questions, {sum(len(r.continuations) for r in requests)} options")
         started = time.perf_counter()
-        scores = loglikelihood_choices(
-            model, tokenizer, requests, batch_size=ctx.config.batch_size, progress=ctx.reporter.stage("scoring")
+        scores = shard_map(
+            ctx.dist,
+            lambda part: loglikelihood_choices(model, tokenizer, part, batch_size=ctx.config.batch_size,
+                                               progress=ctx.reporter.stage("scoring")),
+            requests,
+            costs=[len(r.context) + sum(len(c) for c in r.continuations) for r in requests],
         )
         seconds = time.perf_counter() - started
 

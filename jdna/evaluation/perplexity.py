@@ -22,6 +22,7 @@ from jdna.evaluation.base import (
     metric_entry,
     needs_causal_lm,
 )
+from jdna.evaluation.parallel import shard_map
 from jdna.metrics import bootstrap_ci, perplexity
 from jdna.models import ModelRef
 from jdna.scoring import rolling_loglikelihood
@@ -40,13 +41,18 @@ class Perplexity:
         items = ctx.prepared.items
         model, tokenizer, load_seconds = load_lm(ctx)
         started = time.perf_counter()
-        nlls: list[float] = []
-        tokens: list[int] = []
-        for done, item in enumerate(items, 1):
-            total, count = rolling_loglikelihood(model, tokenizer, item.question, batch_size=ctx.config.batch_size)
-            nlls.append(-total)
-            tokens.append(count)
-            ctx.reporter.progress("perplexity", done, len(items))
+
+        def score(texts: list[str]) -> list[tuple[float, int]]:
+            out = []
+            for done, text in enumerate(texts, 1):
+                out.append(rolling_loglikelihood(model, tokenizer, text, batch_size=ctx.config.batch_size))
+                ctx.reporter.progress("perplexity", done, len(texts))
+            return out
+
+        texts = [item.question for item in items]
+        scored = shard_map(ctx.dist, score, texts, costs=[len(text) for text in texts])
+        nlls = [-total for total, _ in scored]
+        tokens = [count for _, count in scored]
         seconds = time.perf_counter() - started
         if sum(tokens) == 0:
             raise JdnaError("every evaluated text is empty, so there is nothing to score: check the task's texts")

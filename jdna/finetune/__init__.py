@@ -39,7 +39,7 @@ import contextlib
 import random
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -82,9 +82,10 @@ from jdna.finetune.masking import (
     zero_statistics,
 )
 from jdna.io import sha256_text, write_json_atomic
-from jdna.models import ModelRef, canonical_parameters, default_device, head_of, load_model, resolve
+from jdna.models import ModelRef, canonical_parameters, head_of, load_model, resolve
 from jdna.outputs import model_inputs
 from jdna.paths import runs_dir
+from jdna.placement import Placement, resolve_placement
 from jdna.progress import Reporter
 from jdna.tasks import Item, Task, load_task, parse_spec, subsample_train
 from jdna.tasks.base import hash_rank
@@ -503,17 +504,26 @@ def run_finetune(
     output: Path | None = None,
     reporter: Reporter | None = None,
     force: bool = False,
+    placement: Placement | None = None,
 ) -> dict[str, Any]:
     """Fine-tune the model `ref` names on `config.task` and write a finetuned artifact; returns its record.
 
     Under a launcher every process calls this with the same arguments and gets the same record (rank 0 writes).
+    `placement` (default: the GPU when visible, else the CPU, in the checkpoint's dtype) sets the device and
+    the dtype the weights are loaded and trained in; under a launcher each process uses its own device.
     """
     with data_parallel() as dist:
-        return _run_finetune(ref, config, output, reporter or Reporter(), force, dist)
+        return _run_finetune(ref, config, output, reporter or Reporter(), force, dist, placement)
 
 
 def _run_finetune(
-    ref: ModelRef, config: FinetuneConfig, output: Path | None, reporter: Reporter, force: bool, dist: Dist
+    ref: ModelRef,
+    config: FinetuneConfig,
+    output: Path | None,
+    reporter: Reporter,
+    force: bool,
+    dist: Dist,
+    placement: Placement | None = None,
 ) -> dict[str, Any]:
     plan(config)
     check_model(ref, config)
@@ -544,6 +554,12 @@ def _run_finetune(
     params = operation_params(config, ref.base.family, len(train_items), objective)
     if task.inputs:  # the task files' bytes: editing one trains afresh instead of serving a stale artifact
         params["task_inputs"] = task.inputs
+    placement = placement or resolve_placement("auto", "auto", ref.base.config)
+    if dist.enabled and dist.device is not None:  # the launcher's device per process wins
+        placement = replace(placement, device=dist.device)
+    compute = placement.id_params(device_matters=True)
+    if compute:
+        params["compute"] = compute
     identity = artifact_id(ref.identity, "finetune", params)
     path = Path(output) if output else default_output_path("finetuned", identity)
     existing = cached_artifact(path, identity, output is not None, force)
@@ -555,7 +571,7 @@ def _run_finetune(
             return finetune_record(existing, cached=True)
     claim = claim_artifact_output(path, identity, output is not None, force, model_inputs(ref))
     started = time.perf_counter()
-    device = dist.device if dist.enabled and dist.device is not None else default_device()
+    device = placement.device
     head = head_for(task) if objective == "classification" else dict(LM_HEAD)
     if objective == mc_head.OBJECTIVE:
         head = mc_head.head_spec(config.max_length)
@@ -569,7 +585,7 @@ def _run_finetune(
         lm_data = encode_lm_items(train_items, task, load_tokenizer(ref), config.max_length, adds_bos(ref))
         reporter.log(f"loading {source.display_name} as a causal LM, trained on its {task.kind} answer tokens")
     with quiet_transformers():  # the "classifier weights newly initialised" report is expected here
-        model, tokenizer = load_model(source, head=head, device=device)
+        model, tokenizer = load_model(source, head=head, device=device, dtype=placement.dtype)
     if head.get("labels"):
         model.config.id2label = dict(enumerate(head["labels"]))
         model.config.label2id = {label: i for i, label in enumerate(head["labels"])}
@@ -702,6 +718,7 @@ def _run_finetune(
         "invariants": invariants,
         "training": training,
         "stats": stats,
+        "compute": placement.record(),
         "eval": {
             "path": str(eval_path),
             "primary_metric": validation.primary_metric,

@@ -18,6 +18,7 @@ from jdna.artifact import (
 )
 from jdna.models import ModelRef, load_model
 from jdna.outputs import model_inputs
+from jdna.placement import Placement, dtype_name, resolve_placement
 from jdna.progress import Reporter
 from jdna.prunable import prunable_matrices
 from jdna.pruning import large_magnitude, magnitude, random_pruning, sparsegpt, wanda  # noqa: F401  (registration)
@@ -40,6 +41,10 @@ def artifact_record(artifact: Artifact, cached: bool) -> dict[str, Any]:
         "base": header["base"].get("name"),
         "operation": header["operation"].get("name"),
     }
+    compute = header.get("compute")
+    if isinstance(compute, dict):
+        record["device"] = compute.get("device")
+        record["dtype"] = compute.get("dtype")
     for key in ("method", "scope", "pattern", "bits", "granularity", "rank_ratio"):
         if key in params:
             record[key] = params[key]
@@ -66,11 +71,21 @@ def run_prune(
     output: Path | None = None,
     reporter: Reporter | None = None,
     force: bool = False,
+    placement: Placement | None = None,
 ) -> dict[str, Any]:
-    """Prune the model `ref` names and write a pruned artifact; returns its record."""
+    """Prune the model `ref` names and write a pruned artifact; returns its record.
+
+    `placement` (default: the CPU, in the checkpoint's dtype) says where and in what precision; calibrated
+    methods keep the model on the CPU and move one block at a time to its device (unless it has a device
+    map, which places the model itself).
+    """
     reporter = reporter or Reporter()
     plan = plan_prune(config)
+    placement = placement or resolve_placement("cpu", "auto", ref.base.config)
     params = plan.params()
+    compute = placement.id_params(device_matters=plan.method.needs_calibration)
+    if compute:
+        params["compute"] = compute
     identity = artifact_id(ref.identity, "prune", params)
     path = Path(output) if output else default_output_path("pruned", identity)
     existing = cached_artifact(path, identity, output is not None, force, reporter)
@@ -78,10 +93,16 @@ def run_prune(
         return artifact_record(existing, cached=True)
     claim = claim_artifact_output(path, identity, output is not None, force, model_inputs(ref))
     started = time.perf_counter()
-    reporter.log(f"loading {ref.display_name}")
-    model, tokenizer = load_model(ref)
+    calibrated = plan.method.needs_calibration
+    reporter.log(f"loading {ref.display_name} ({_where(placement, calibrated)})")
+    model, tokenizer = load_model(
+        ref,
+        device=None if calibrated else placement.device,
+        dtype=placement.dtype,
+        device_map=placement.device_map,
+    )
     reporter.log(f"pruning with {plan.method.name}, sparsity {plan.sparsity:g}, scope {params['scope']}")
-    outcome = prune_model(model, tokenizer, plan, reporter)
+    outcome = prune_model(model, tokenizer, plan, reporter, device=placement.device if calibrated else None)
     matrices = prunable_matrices(model, config.include, config.exclude)
     stats = mask_statistics(model, matrices, outcome.masks, plan)
     stats["seconds"] = round(time.perf_counter() - started, 3)
@@ -93,7 +114,8 @@ def run_prune(
     if config.calib and plan.needs_calibration:
         operation_params["calib_path"] = str(config.calib)
     tensors = {f"mask.{name}": outcome.masks.packed(name) for name in outcome.masks}
-    tensors.update({f"weight.{name}": weight for name, weight in outcome.updated.items()})
+    # Rewritten weights are stored in the checkpoint's own dtype, whatever precision computed them.
+    tensors.update({f"weight.{name}": w.to(placement.stored_dtype) for name, w in outcome.updated.items()})
     header = {
         "kind": "pruned",
         "id": identity,
@@ -102,6 +124,17 @@ def run_prune(
         "operation": {"name": "prune", "params": operation_params},
         "masks": {name: list(outcome.masks[name].shape) for name in outcome.masks},
         "stats": stats,
+        "compute": placement.record(),
     }
     write_artifact(path, header, tensors, claim)
     return artifact_record(read_artifact(path), cached=False)
+
+
+def _where(placement: Placement, calibrated: bool) -> str:
+    """How the model is placed, for the log line."""
+    dtype = dtype_name(placement.dtype)
+    if placement.device_map:
+        return f"device map {placement.device_map}, {dtype}"
+    if calibrated and placement.device.type != "cpu":
+        return f"on the CPU, one block at a time on {placement.device}, {dtype}"
+    return f"{placement.device}, {dtype}"

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -263,9 +264,17 @@ def _dense_input_norms(
 
 
 def prune_model(
-    model: nn.Module, tokenizer: Any, plan: PrunePlan, reporter: Reporter | None = None
+    model: nn.Module,
+    tokenizer: Any,
+    plan: PrunePlan,
+    reporter: Reporter | None = None,
+    device: torch.device | str | None = None,
 ) -> PruneOutcome:
-    """Prune `model` in place according to `plan`; returns the masks (and any rewritten weights)."""
+    """Prune `model` in place according to `plan`; returns the masks (and any rewritten weights).
+
+    `device`: where calibrated methods run each block (the model itself may stay on the CPU; see
+    LayerwiseRunner); None runs them where the model is.
+    """
     reporter = reporter or Reporter()
     config = plan.config
     method = plan.method
@@ -314,7 +323,7 @@ def prune_model(
     }
 
     def new_runner() -> LayerwiseRunner:
-        return LayerwiseRunner(model, calib.input_ids)
+        return LayerwiseRunner(model, calib.input_ids, device=device)
 
     block_sparsity = None
     dense_norms: dict[str, torch.Tensor] = {}
@@ -429,8 +438,10 @@ def mask_statistics(
     total = pruned = zeros = 0
     for matrix in matrices:
         keep = masks[matrix.name]
-        count = int((~keep).sum())
-        zero_count = int((matrix.param.detach() == 0).sum())
+        # numpy's bool count and torch.count_nonzero are ~100x and ~10x faster than torch's bool sums,
+        # which dominated a 1B-parameter prune.
+        count = matrix.numel - int(np.count_nonzero(keep.cpu().numpy()))
+        zero_count = matrix.numel - int(torch.count_nonzero(matrix.param.detach()))
         per_matrix.append(
             {
                 "name": matrix.name,

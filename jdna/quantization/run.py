@@ -45,6 +45,7 @@ from jdna.errors import JdnaError, check_seed, unknown_name_error
 from jdna.masks import effective_masks
 from jdna.models import ModelRef, load_model
 from jdna.outputs import model_inputs
+from jdna.placement import Placement, resolve_placement
 from jdna.progress import Reporter
 from jdna.prunable import PrunableMatrix, prunable_matrices
 from jdna.quantization.accounting import (
@@ -268,8 +269,11 @@ def quantize_model(
     plan: QuantizePlan,
     reporter: Reporter | None = None,
     masks: dict[str, torch.Tensor] | None = None,
+    device: torch.device | str | None = None,
 ) -> QuantizeOutcome:
     """Quantize `model`'s prunable matrices in place (their weights become the dequantized values).
+
+    `device`: where GPTQ runs each block (the model may stay on the CPU; see LayerwiseRunner).
 
     `masks` (canonical name → bool keep-mask, e.g. from :func:`inherited_masks`) keep pruned weights at
     exactly zero; a mask whose pruned positions hold nonzero weights is dropped (and listed).
@@ -328,7 +332,7 @@ def quantize_model(
         "text_tokens": calib.total_tokens,
         "text": calibration_identity(config.calib),
     }
-    runner = LayerwiseRunner(model, calib.input_ids)
+    runner = LayerwiseRunner(model, calib.input_ids, device=device)
     for index, block in runner.iter_blocks():
         block_matrices = [m for m in matrices if m.block == index]
         if block_matrices:
@@ -435,11 +439,19 @@ def run_quantize(
     output: Path | None = None,
     reporter: Reporter | None = None,
     force: bool = False,
+    placement: Placement | None = None,
 ) -> dict[str, Any]:
-    """Quantize the model `ref` names and write a quantized artifact; returns its record."""
+    """Quantize the model `ref` names and write a quantized artifact; returns its record.
+
+    `placement` as in `jdna.pruning.run_prune` (default: the CPU, in the checkpoint's dtype).
+    """
     reporter = reporter or Reporter()
     plan = plan_quantize(config)
+    placement = placement or resolve_placement("cpu", "auto", ref.base.config)
     params = plan.params()
+    compute = placement.id_params(device_matters=plan.needs_calibration)
+    if compute:
+        params["compute"] = compute
     identity = artifact_id(ref.identity, "quantize", params)
     path = Path(output) if output else default_output_path("quantized", identity)
     existing = cached_artifact(path, identity, output is not None, force, reporter)
@@ -447,7 +459,10 @@ def run_quantize(
         return record_of(existing, cached=True)
     claim = claim_artifact_output(path, identity, output is not None, force, model_inputs(ref))
     started = time.perf_counter()
-    model, tokenizer = load_model(ref)
+    calibrated = plan.needs_calibration
+    model, tokenizer = load_model(
+        ref, device=None if calibrated else placement.device, dtype=placement.dtype, device_map=placement.device_map
+    )
     # Checked before the first log line, so bad input still fails with exactly one line on stderr.
     check_matrices(model, plan)
     spec = plan.spec
@@ -456,7 +471,9 @@ def run_quantize(
         f"loaded {ref.display_name}; quantizing with {plan.method}: {spec.bits} bits, {spec.granularity}{group}, "
         f"{'symmetric' if spec.symmetric else 'asymmetric'}"
     )
-    outcome = quantize_model(model, tokenizer, plan, reporter, inherited_masks(ref))
+    outcome = quantize_model(
+        model, tokenizer, plan, reporter, inherited_masks(ref), device=placement.device if calibrated else None
+    )
     stats = quantize_statistics(model, outcome, plan)
     stats["seconds"] = round(time.perf_counter() - started, 3)
     if outcome.calibration is not None:
@@ -485,6 +502,7 @@ def run_quantize(
         "quant": {name: item.entry for name, item in outcome.stored.items()},
         "masks": masks,
         "stats": stats,
+        "compute": placement.record(),
     }
     write_artifact(path, header, tensors, claim)
     return record_of(read_artifact(path), cached=False)
@@ -642,11 +660,20 @@ def run_lowrank(
     output: Path | None = None,
     reporter: Reporter | None = None,
     force: bool = False,
+    placement: Placement | None = None,
 ) -> dict[str, Any]:
-    """Factorize the model `ref` names and write a lowrank artifact; returns its record."""
+    """Factorize the model `ref` names and write a lowrank artifact; returns its record.
+
+    The SVD runs in float32 on the CPU whatever the placement, so only `placement`'s dtype (the weights
+    factorized) enters the content address.
+    """
     reporter = reporter or Reporter()
     plan_lowrank(config)
+    placement = placement or resolve_placement("cpu", "auto", ref.base.config)
     params = config.params()
+    compute = placement.id_params(device_matters=False)
+    if compute:
+        params["compute"] = compute
     identity = artifact_id(ref.identity, "lowrank", params)
     path = Path(output) if output else default_output_path("lowrank", identity)
     existing = cached_artifact(path, identity, output is not None, force, reporter)
@@ -654,7 +681,7 @@ def run_lowrank(
         return record_of(existing, cached=True)
     claim = claim_artifact_output(path, identity, output is not None, force, model_inputs(ref))
     started = time.perf_counter()
-    model, _ = load_model(ref)
+    model, _ = load_model(ref, device=placement.device, dtype=placement.dtype, device_map=placement.device_map)
     prunable_matrices(model, config.include, config.exclude)  # bad globs fail before the first log line
     if config.rank_ratio is not None:
         how = f"rank ratio {config.rank_ratio:g}"
@@ -682,6 +709,7 @@ def run_lowrank(
         "operation": {"name": "lowrank", "params": params},
         "lowrank": {name: item.entry for name, item in stored.items()},
         "stats": stats,
+        "compute": placement.record(),
     }
     write_artifact(path, header, tensors, claim)
     return record_of(read_artifact(path), cached=False)
