@@ -247,22 +247,26 @@ $(R)/setting6/records.jsonl: | install data
 
 $(R)/quantization/records.jsonl: | install data
 	@mkdir -p $(@D); : > $@.tmp
-	for o in $(Q_OPTIONS); do \
-	  $(LAUNCH) $(JDNA) eval $(Q_MODEL) --task $(Q_TASK) --options $$o --limit $(LIMIT) >> $@.tmp; \
+	for seed in $(SEEDS); do for o in $(Q_OPTIONS); do \
+	  $(LAUNCH) $(JDNA) eval $(Q_MODEL) --task $(Q_TASK) --options $$o $(call eval_limit,$(Q_MODEL)) --seed $$seed >> $@.tmp; \
 	  for b in $(Q_BITS); do \
-	    $(LAUNCH) $(JDNA) prune $(Q_MODEL) --bits-per-weight $$b --method $(METHOD) | $(LAUNCH) $(JDNA) eval --task $(Q_TASK) --options $$o --limit $(LIMIT) >> $@.tmp; \
-	    $(LAUNCH) $(JDNA) quantize $(Q_MODEL) --bits $$b --method $(Q_METHOD) $(if $(filter gptq,$(Q_METHOD)),$(CALIB_FLAGS)) | $(LAUNCH) $(JDNA) eval --task $(Q_TASK) --options $$o --limit $(LIMIT) >> $@.tmp; \
-	    $(LAUNCH) $(JDNA) lowrank $(Q_MODEL) --bits-per-weight $$b | $(LAUNCH) $(JDNA) eval --task $(Q_TASK) --options $$o --limit $(LIMIT) >> $@.tmp; \
-	  done; done
+	    $(LAUNCH) $(JDNA) prune $(Q_MODEL) --bits-per-weight $$b --method $(METHOD) --seed $$seed \
+	      | $(LAUNCH) $(JDNA) eval --task $(Q_TASK) --options $$o $(call eval_limit,$(Q_MODEL)) --seed $$seed >> $@.tmp; \
+	    $(LAUNCH) $(JDNA) quantize $(Q_MODEL) --bits $$b --method $(Q_METHOD) $(if $(filter gptq,$(Q_METHOD)),$(CALIB_FLAGS)) \
+	      | $(LAUNCH) $(JDNA) eval --task $(Q_TASK) --options $$o $(call eval_limit,$(Q_MODEL)) --seed $$seed >> $@.tmp; \
+	    $(LAUNCH) $(JDNA) lowrank $(Q_MODEL) --bits-per-weight $$b \
+	      | $(LAUNCH) $(JDNA) eval --task $(Q_TASK) --options $$o $(call eval_limit,$(Q_MODEL)) --seed $$seed >> $@.tmp; \
+	  done; done; done
 	mv $@.tmp $@
 
 $(R)/methods/records.jsonl: | install data
 	@mkdir -p $(@D); : > $@.tmp
-	for o in $(Q_OPTIONS); do \
-	  $(LAUNCH) $(JDNA) eval $(LM) --task $(Q_TASK) --options $$o --limit $(LIMIT) >> $@.tmp; \
-	  for m in $(METHODS); do for s in $(SPARSITIES); do \
-	    $(LAUNCH) $(JDNA) prune $(LM) -s $$s --method $$m $(CALIB_FLAGS) | $(LAUNCH) $(JDNA) eval --task $(Q_TASK) --options $$o --limit $(LIMIT) >> $@.tmp; \
-	  done; done; done
+	for seed in $(SEEDS); do for o in $(Q_OPTIONS); do \
+	  $(LAUNCH) $(JDNA) eval $(LM) --task $(Q_TASK) --options $$o $(call eval_limit,$(LM)) --seed $$seed >> $@.tmp; \
+	  for m in $(METHODS); do for s in $(call grid,$(LM)); do \
+	    $(LAUNCH) $(JDNA) prune $(LM) -s $$s --method $$m --seed $$seed $(CALIB_FLAGS) \
+	      | $(LAUNCH) $(JDNA) eval --task $(Q_TASK) --options $$o $(call eval_limit,$(LM)) --seed $$seed >> $@.tmp; \
+	  done; done; done; done
 	mv $@.tmp $@
 
 $(R)/transfer/records.jsonl: | install data

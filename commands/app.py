@@ -36,8 +36,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
               "(masks over the base)."),
     "info": ("info", "info", "Describe an artifact or a model: lineage, parameters, achieved sparsity and bits "
              "per weight."),
-    "export": ("export", "export", "Materialise a model (base + artifact chain) as a plain HF directory usable "
-               "by any transformers tool."),
+    "export": ("export", "export", "Materialise a model (base + artifact chain) as an HF directory, with its jdna "
+               "lineage in jdna.json."),
     "finetune": ("finetune", "finetune", "Fine-tune a (pruned) model on a task; check the mode's invariant; "
                  "evaluate the validation items."),
     "quantize": ("quantize", "quantize", "Quantize a model's transformer-block weight matrices and write a "
@@ -200,6 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     args = aliases.rewrite(name, args)
     prefix = f"jdna {name}" if name in COMMANDS or name in _eager_names() else "jdna"
     try:
+        if name in COMMANDS and not {"--help", "-h"} & set(args):
+            from jdna.paths import jdna_home, runs_dir
+
+            jdna_home(), runs_dir()  # a $JDNA_HOME or $JDNA_RUNS that is a file fails now, in one line, not mid-run
         result = app(args=args, prog_name="jdna", standalone_mode=False)
         code = result if isinstance(result, int) else 0
     except JdnaError as error:

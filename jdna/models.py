@@ -235,7 +235,7 @@ def resolve(spec: str, allow_pickle: bool = False) -> ModelRef:
             if item.header["base"].get("sha256") != base.sha256:
                 raise JdnaError(f"artifact '{item.path}' names a different base model than its parent")
         return ModelRef(base=base, chain=chain)
-    if path.exists() and not path.is_dir():  # a FIFO, socket or device: a path, never a hub id
+    if path.exists() and not path.is_dir() and not path.is_file():  # a FIFO, socket or device: never a hub id
         raise JdnaError(f"model '{spec}' is not a regular file or a model directory")
     base = resolve_base(spec, allow_pickle)
     from jdna.exporting import read_export_metadata  # here: jdna.exporting imports this module

@@ -488,6 +488,10 @@ def test_externally_pruned_model_pairs_with_its_dense_parent() -> None:
     # Named by the dense record's model name instead of its base, it still pairs.
     external["model"]["dense_parent"] = dense["model"]["name"]
     assert match_dense([dense, external])[0].dense_index == 0
+    # As eval writes it ({"name", "id", "source"}, jdna/sparsity.py): the id is the dense record's model.id.
+    dense["model"]["id"] = "sha-of-the-dense-weights"
+    external["model"]["dense_parent"] = {"name": "elsewhere", "id": "sha-of-the-dense-weights", "source": "local"}
+    assert match_dense([dense, external])[0].dense_index == 0
     external["model"]["dense_parent"] = "roberta-large"
     with pytest.raises(JdnaError, match="no dense baseline .* on base roberta-large"):
         match_dense([dense, external])

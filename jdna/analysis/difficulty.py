@@ -198,8 +198,10 @@ def _base(record: Record) -> str:
     """The base model a record is compared within: its `dense_parent` (a model pruned outside jdna names the
     dense model it came from), else the lineage's base."""
     model = record.get("model") or {}
-    return str(model.get("dense_parent") or model.get("base") or model.get("base_sha256") or model.get("name")
-               or "?")
+    parent = model.get("dense_parent")
+    if isinstance(parent, dict):  # {"name", "id", "source"}: its id is what the dense model's records carry as model.id
+        parent = parent.get("id") or parent.get("name")
+    return str(parent or model.get("base") or model.get("base_sha256") or model.get("name") or "?")
 
 
 def _identities(record: Record) -> list[str]:

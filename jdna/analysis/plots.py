@@ -443,8 +443,10 @@ def _draw_panel(ax: Any, panel: Panel) -> None:
         marker = MARKERS[series.style % len(MARKERS)]
         linestyle = LINESTYLES[(series.style // len(OKABE_ITO)) % len(LINESTYLES)]
         if series.errorbars and series.lo is not None and series.hi is not None:
-            below = [y - lo for y, lo in zip(series.y, series.lo)]
-            above = [hi - y for y, hi in zip(series.y, series.hi)]
+            # A percentile interval of a ratio can, with few items, sit just beside its point estimate; the bar
+            # then stops at the point instead of failing to draw.
+            below = [max(0.0, y - lo) for y, lo in zip(series.y, series.lo)]
+            above = [max(0.0, hi - y) for y, hi in zip(series.y, series.hi)]
             ax.errorbar(series.x, series.y, yerr=[below, above], color=color, marker=marker, linestyle=linestyle,
                         capsize=2.5, label=series.label)
         else:
