@@ -395,7 +395,8 @@ def trend(points: Sequence[Point], n_resamples: int, rng: np.random.Generator,
     rho_ci = tau_ci = None
     if draws is not None:
         drop_draws = 1.0 - draws
-        slope_ci = interval(drop_draws @ weights)
+        with np.errstate(invalid="ignore"):  # a draw with an undefined ratio (dense at 0) is NaN by design
+            slope_ci = interval(drop_draws @ weights)
         if k >= 2:
             rho_ci = interval(spearman_batched(ranks, drop_draws))
             tau_ci = interval(kendall_tau_b_batched(ranks, drop_draws))
