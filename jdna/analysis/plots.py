@@ -238,7 +238,7 @@ def methods_chart(analysis: Analysis | dict[str, Any]) -> Chart:
                 axis_name = group["axis"].split(":")[0]
                 where = label if axis_name == "gap" else f"{axis_name.replace('_', ' ')} = {label}"
                 title = f"{_group_title(group, with_method=False)}\n{where}"
-                panels[key] = Panel(title, BITS_AXIS_LABEL, _metric_label(group) + " (÷ dense)",
+                panels[key] = Panel(title, BITS_AXIS_LABEL, _metric_label(group) + _ratio_label(group),
                                     legend_title="method", invert_x=True)
             xs, ys, lo, hi = [16.0], [1.0], [1.0], [1.0]
             for level in sorted(group["levels"], key=lambda lv: -(lv["bits_per_weight"] or 0)):
