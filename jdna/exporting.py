@@ -20,6 +20,7 @@ from torch import nn
 
 from jdna.errors import JdnaError
 from jdna.models import ModelRef, load_model
+from jdna.outputs import dir_mode
 from jdna.progress import Reporter
 from jdna.registry import Registry
 
@@ -174,6 +175,7 @@ def export_model(
     model, tokenizer = load_model(ref, allow_pickle=allow_pickle)
     sparsity = measure_model(model).summary()
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    work.chmod(dir_mode())  # mkdtemp makes it 0700 whatever the umask; the export follows the umask
     try:
         details = writer(ref, model, work, reporter)
         tokenizer.save_pretrained(work)

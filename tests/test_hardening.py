@@ -964,6 +964,24 @@ def test_files_follow_the_umask(mats: Materials, tmp_path: Path, umask: int) -> 
         assert path.stat().st_mode & 0o777 == 0o666 & ~umask, (path, oct(path.stat().st_mode))
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_an_export_directory_follows_the_umask(mats: Materials, tmp_path: Path, umask: int) -> None:
+    old = os.umask(umask)
+    try:
+        assert run("export", str(mats.llama), "-o", str(tmp_path / "exported")).code == 0
+    finally:
+        os.umask(old)
+    assert (tmp_path / "exported").stat().st_mode & 0o777 == 0o777 & ~umask
+
+
+def test_owl_lambda_is_checked_before_anything_is_looked_for(mats: Materials, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JDNA_HOME", str(tmp_path / "empty-home"))  # no calibration text anywhere
+    for value in ("nan", "1.5", "-0.1"):
+        _assert_clean_failure(run("prune", str(mats.llama), "-s", "0.5", "--owl", "--owl-lambda", value),
+                              "--owl-lambda")
+
+
 def test_a_refused_command_leaves_no_debris(mats: Materials, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = tmp_path / "fresh-store"
     monkeypatch.setenv("JDNA_RUNS", str(store))

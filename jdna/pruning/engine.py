@@ -151,6 +151,8 @@ def plan_prune(config: PruneConfig) -> PrunePlan:
         raise JdnaError(f"--owl applies to {owl_methods}, not '{method.name}'")
     if config.owl_metric not in OWL_METRICS:
         raise unknown_name_error("OWL metric", config.owl_metric, OWL_METRICS)
+    if config.owl and not 0 <= config.owl_lambda < 1:  # also NaN: before any calibration text is looked for
+        raise JdnaError(f"--owl-lambda must be in [0, 1), got {config.owl_lambda}")
     if method.needs_calibration or (config.owl and config.owl_metric == "wanda"):
         if config.calib_samples < 1:
             raise JdnaError("--calib-samples must be at least 1")
