@@ -444,25 +444,9 @@ def _validate_lm(
 ) -> Validation:
     """`jdna eval`'s own evaluator (multiple choice or generation) on the prepared items, model in memory."""
     from jdna.evaluation import EVALUATORS
-    from jdna.evaluation.base import EvalContext
 
-    dtype = next(model.parameters()).dtype
-    ctx = EvalContext(
-        ref=ref, config=eval_config, prepared=prepared, reporter=reporter, device=device, dtype=dtype,
-        model=model, tokenizer=tokenizer,
-    )
-    outcome = EVALUATORS.get(prepared.task.kind).run(ctx)
-    extra = {k: v for k, v in outcome.extra.items() if k != "load_seconds"}
-    extra.update(device=device.type, dtype=str(dtype).replace("torch.", ""))
-    return Validation(
-        task_kind=prepared.task.kind,
-        primary_metric=next(iter(outcome.metrics)),
-        metrics=outcome.metrics,
-        per_item=outcome.per_item,
-        n=len(prepared.items),
-        seconds=outcome.seconds,
-        extra=extra,
-    )
+    evaluator = EVALUATORS.get(prepared.task.kind)
+    return _validate_in_memory(model, tokenizer, prepared, eval_config, ref, device, reporter, evaluator.run, None)
 
 
 def _validate_mc_head(
@@ -476,20 +460,39 @@ def _validate_mc_head(
     head: dict[str, Any],
 ) -> Validation:
     """The multiple-choice head's validation: the scorer `jdna eval` runs on the artifact, model in memory."""
-    from jdna.evaluation.base import EvalContext
     from jdna.evaluation.multiple_choice import run_head
+
+    max_length = int(head["max_length"])
+    return _validate_in_memory(
+        model, tokenizer, prepared, eval_config, ref, device, reporter, lambda ctx: run_head(ctx, max_length), "acc"
+    )
+
+
+def _validate_in_memory(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prepared: Any,
+    eval_config: Any,
+    ref: ModelRef,
+    device: torch.device,
+    reporter: Reporter,
+    scorer: Any,
+    primary_metric: str | None,
+) -> Validation:
+    """Run one of eval's scorers on the model in memory and keep what a finetuned record shows."""
+    from jdna.evaluation.base import EvalContext
 
     dtype = next(model.parameters()).dtype
     ctx = EvalContext(
         ref=ref, config=eval_config, prepared=prepared, reporter=reporter, device=device, dtype=dtype,
         model=model, tokenizer=tokenizer,
     )
-    outcome = run_head(ctx, int(head["max_length"]))
+    outcome = scorer(ctx)
     extra = {k: v for k, v in outcome.extra.items() if k != "load_seconds"}
     extra.update(device=device.type, dtype=str(dtype).replace("torch.", ""))
     return Validation(
         task_kind=prepared.task.kind,
-        primary_metric="acc",
+        primary_metric=primary_metric or next(iter(outcome.metrics)),
         metrics=outcome.metrics,
         per_item=outcome.per_item,
         n=len(prepared.items),

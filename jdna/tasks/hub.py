@@ -301,51 +301,8 @@ def load_hub(name: str, *, subject: str | None = None) -> Task:
             prompt_format=PromptFormat(),
             provenance="tau/commonsense_qa: validation evaluated (test labels are hidden), train as the pool",
         )
-    if name == "trivia_qa":
-        evaluation = _convert(
-            load_split("mandarjoshi/trivia_qa", "rc", "validation"),
-            lambda i, row: trivia_qa_item("validation", i, row),
-        )
-        train = _convert(
-            load_split("mandarjoshi/trivia_qa", "rc.nocontext", "train"),
-            lambda i, row: trivia_qa_item("train", i, row, with_context=False),
-        )
-        return Task(
-            name=name,
-            kind="generation",
-            source="hub",
-            items=evaluation,
-            train_items=train,
-            metrics=list(DEFAULT_METRICS["generation"]),
-            knobs=["shots", "context"],
-            description="TriviaQA (reading comprehension): questions with an evidence document",
-            prompt_format=PromptFormat(),
-            provenance=(
-                "mandarjoshi/trivia_qa rc validation evaluated with one evidence document each; "
-                "rc.nocontext train (no documents) as the pool"
-            ),
-        )
-    if name == "trivia_qa_nocontext":
-        evaluation = _convert(
-            load_split("mandarjoshi/trivia_qa", "rc.nocontext", "validation"),
-            lambda i, row: trivia_qa_item("validation", i, row, with_context=False),
-        )
-        train = _convert(
-            load_split("mandarjoshi/trivia_qa", "rc.nocontext", "train"),
-            lambda i, row: trivia_qa_item("train", i, row, with_context=False),
-        )
-        return Task(
-            name=name,
-            kind="generation",
-            source="hub",
-            items=evaluation,
-            train_items=train,
-            metrics=list(DEFAULT_METRICS["generation"]),
-            knobs=["shots"],
-            description="TriviaQA closed book: the rc validation questions without evidence documents",
-            prompt_format=PromptFormat(),
-            provenance="mandarjoshi/trivia_qa rc.nocontext: validation evaluated closed book, train as the pool",
-        )
+    if name in ("trivia_qa", "trivia_qa_nocontext"):
+        return _trivia_qa_task(name, with_context=name == "trivia_qa")
     if name == "mmlu":
         config = check_subject(subject) if subject else "all"
         evaluation = _convert(
@@ -368,3 +325,35 @@ def hub_unreachable() -> bool:
     """Offline by environment, or the hub's port does not answer within PROBE_TIMEOUT_S (a fast check before
     a `datasets` call that would otherwise retry for minutes)."""
     return _env_offline() or not _hub_reachable()
+
+
+def _trivia_qa_task(name: str, with_context: bool) -> Task:
+    """TriviaQA rc validation, with one evidence document per question or closed book; the closed-book rc
+    train split is the demonstration pool of both."""
+    evaluation = _convert(
+        load_split("mandarjoshi/trivia_qa", "rc" if with_context else "rc.nocontext", "validation"),
+        lambda i, row: trivia_qa_item("validation", i, row, with_context=with_context),
+    )
+    train = _convert(
+        load_split("mandarjoshi/trivia_qa", "rc.nocontext", "train"),
+        lambda i, row: trivia_qa_item("train", i, row, with_context=False),
+    )
+    if with_context:
+        description = "TriviaQA (reading comprehension): questions with an evidence document"
+        provenance = ("mandarjoshi/trivia_qa rc validation evaluated with one evidence document each; "
+                      "rc.nocontext train (no documents) as the pool")
+    else:
+        description = "TriviaQA closed book: the rc validation questions without evidence documents"
+        provenance = "mandarjoshi/trivia_qa rc.nocontext: validation evaluated closed book, train as the pool"
+    return Task(
+        name=name,
+        kind="generation",
+        source="hub",
+        items=evaluation,
+        train_items=train,
+        metrics=list(DEFAULT_METRICS["generation"]),
+        knobs=["shots", "context"] if with_context else ["shots"],
+        description=description,
+        prompt_format=PromptFormat(),
+        provenance=provenance,
+    )
