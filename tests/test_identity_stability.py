@@ -24,7 +24,7 @@ import torch
 
 from jdna.artifact import artifact_id, read_artifact
 from tests.cli import run
-from tests.conftest import TEXT, WORDS, make_tokenizer
+from tests.conftest import TEXT, WORDS, make_tokenizer, tiny_llama_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -71,23 +71,11 @@ def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
 
 
 def _base(directory: Path) -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     directory.mkdir()
     tokenizer, vocab_size = make_tokenizer(directory)
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
-    )
+    config = tiny_llama_config(tokenizer, vocab_size)
     config.save_pretrained(directory)
     names = {name: tuple(p.shape) for name, p in LlamaForCausalLM(config).state_dict().items()}
     tensors = {}
@@ -146,7 +134,8 @@ def test_content_ids_do_not_change(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(artifact, "versions", lambda: {"jdna": "x", "torch": "x", "transformers": "x", "python": "x"})
     from jdna.models import resolve
 
-    assert resolve(str(base)).identity == PINNED["base"], "the pinned base model's weight file is not byte-stable"
+    changed = "the pinned base model changed (its configuration, tokenizer or weight recipe): no id below can match"
+    assert resolve(str(base)).identity == PINNED["base"], changed
     calib = ["--calib", str(inputs["calib"]), "--calib-samples", "2", "--calib-seqlen", "16"]
 
     def artifact_step(name: str, *args: str) -> dict:
