@@ -42,6 +42,9 @@ from jdna.calibration import (
     read_calibration_text,
 )
 from jdna.errors import JdnaError, check_seed, unknown_name_error
+from jdna.kinds import record
+from jdna.kinds.lowrank import reconstruct_lowrank
+from jdna.kinds.quantized import decode_quantized
 from jdna.masks import effective_masks
 from jdna.models import ModelRef, load_model
 from jdna.outputs import model_inputs
@@ -55,7 +58,6 @@ from jdna.quantization.accounting import (
     lowrank_bits_per_weight,
     quantized_bits_per_weight,
 )
-from jdna.quantization.appliers import decode_quantized, reconstruct_lowrank
 from jdna.quantization.gptq import gptq_quantize
 from jdna.quantization.lowrank import low_rank, rank_for_bits_per_weight
 from jdna.quantization.packing import pack_codes
@@ -418,19 +420,8 @@ def set_relative_error(terms: Any) -> float:
 
 
 def record_of(artifact: Artifact, cached: bool) -> dict[str, Any]:
-    """The stdout record: prune's record plus the fields that identify a quantization or factorization."""
-    from jdna.pruning import artifact_record
-
-    record = artifact_record(artifact, cached)
-    params = artifact.header["operation"].get("params", {})
-    stats = artifact.header.get("stats", {})
-    for key in ("group_size", "symmetric", "energy"):
-        if key in params:
-            record[key] = params[key]
-    for key in ("relative_error", "mean_rank_ratio"):
-        if key in stats:
-            record[key] = stats[key]
-    return record
+    """The stdout record (the kind's, :func:`jdna.kinds.record`)."""
+    return record(artifact, cached)
 
 
 def run_quantize(
