@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -27,9 +27,12 @@ from jdna.artifact import Artifact
 from jdna.bitmask import unpack_mask
 from jdna.errors import JdnaError
 from jdna.kinds.quantized import spec_of
-from jdna.models import ModelRef, canonical_name
+from jdna.naming import canonical_name
 from jdna.progress import Reporter
 from jdna.quantization.packing import unpack_codes
+
+if TYPE_CHECKING:  # jdna.models loads compressed-tensors checkpoints through this module: no runtime import back
+    from jdna.models import ModelRef
 
 _STRATEGIES = {"tensor": "tensor", "channel": "channel", "group": "group"}
 
