@@ -29,11 +29,6 @@ KNOWN_VIOLATIONS = {
     "layer: jdna.evaluation imports jdna.finetune.distributed",
     "layer: jdna.evaluation.classification imports jdna.finetune",
     "layer: jdna.evaluation.multiple_choice imports jdna.finetune.multiple_choice",
-    # Loading an exported directory reads its metadata and format (models -> the export layer), and sparsity
-    # detection asks the exporter which dense model an export came from.
-    "order: jdna.models imports jdna.compressed_tensors_export",
-    "order: jdna.models imports jdna.exporting",
-    "order: jdna.sparsity imports jdna.exporting",
 }
 
 
