@@ -19,14 +19,13 @@ from typing import Any
 from torch import nn
 
 from jdna.errors import JdnaError
-from jdna.models import ModelRef, load_model
+from jdna.model_files import CONFIG_KEY, EXPORT_FORMAT_NAME, EXPORT_METADATA_FILE
+from jdna.model_files import read_export_metadata as read_export_metadata  # re-exported (moved there)
+from jdna.models import ModelRef, dense_parent_of, load_model
 from jdna.outputs import dir_mode
 from jdna.progress import Reporter
 from jdna.registry import Registry
 
-EXPORT_METADATA_FILE = "jdna.json"
-CONFIG_KEY = "jdna"
-EXPORT_FORMAT_NAME = "jdna-export"
 EXPORT_FORMAT_VERSION = 1
 
 # sentence-transformers keeps its pipeline (module list, pooling, normalisation) beside the transformer weights.
@@ -94,17 +93,6 @@ def copy_sentence_transformers_extras(source: Path, work: Path) -> list[str]:
     return copied
 
 
-def dense_parent_of(ref: ModelRef) -> dict[str, Any] | None:
-    """The dense model `ref` was compressed from: the one named by --dense-parent or export metadata, else the
-    base of a compressing chain; None for a model that is itself dense."""
-    if ref.dense_parent is not None:
-        return ref.dense_parent
-    if not any(a.kind in ("pruned", "quantized", "lowrank") for a in ref.chain):
-        return None
-    base = ref.base
-    return {"name": base.name, "id": base.sha256, "source": base.source}
-
-
 def export_metadata(ref: ModelRef, export_format: str, details: dict[str, Any], sparsity: dict[str, Any]) -> dict:
     from jdna.artifact import versions
 
@@ -134,21 +122,6 @@ def _config_entry(metadata: dict[str, Any]) -> dict[str, Any]:
         for step in metadata["lineage"]
     ]
     return entry
-
-
-def read_export_metadata(directory: Path) -> dict[str, Any] | None:
-    """jdna.json of an export directory, or the ``jdna`` entry of its config.json; None for other directories."""
-    for path, pick in ((directory / EXPORT_METADATA_FILE, lambda d: d), (directory / "config.json",
-                                                                        lambda d: d.get(CONFIG_KEY))):
-        if not path.is_file():
-            continue
-        try:
-            data = pick(json.loads(path.read_text()))
-        except (json.JSONDecodeError, AttributeError, OSError):
-            continue
-        if isinstance(data, dict) and data.get("format") == EXPORT_FORMAT_NAME:
-            return data
-    return None
 
 
 def directory_size(directory: Path) -> int:

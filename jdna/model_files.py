@@ -1,4 +1,5 @@
-"""Single files given as MODEL that are not jdna artifacts: GGUF checkpoints (loaded), records (explained).
+"""Model files and directories jdna reads besides artifacts: GGUF checkpoints (loaded), records (explained),
+jdna export metadata, and compressed-tensors checkpoints (loaded decompressed).
 
 A GGUF file is dequantized once by transformers (``gguf_file=``), the same path the ``smollm2-135m`` demo takes,
 and cached as safetensors under ``$JDNA_HOME/models/gguf-<sha256[:16]>``; later runs use the cache. A JSON file
@@ -9,16 +10,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
+from jdna import demo
 from jdna.errors import JdnaError
 from jdna.io import sha256_file
 from jdna.paths import jdna_home
 
-if TYPE_CHECKING:
-    from jdna.models import BaseModel
-
 GGUF_MAGIC = b"GGUF"
+# A jdna export's metadata (docs/artifacts.md, "Exports"): read here, where every MODEL directory is looked at,
+# so that resolving a model does not need the exporter.
+EXPORT_METADATA_FILE = "jdna.json"
+CONFIG_KEY = "jdna"
+EXPORT_FORMAT_NAME = "jdna-export"
 
 
 def is_gguf_file(path: Path) -> bool:
@@ -33,15 +37,12 @@ def gguf_cache_dir(path: Path) -> Path:
     return jdna_home() / "models" / f"gguf-{sha256_file(path)[:16]}"
 
 
-def gguf_base(path: Path, allow_pickle: bool = False) -> BaseModel:
-    """The base model a GGUF file holds, converted to a safetensors directory on first use."""
-    from jdna.demo import _convert_gguf
-    from jdna.models import _base_from_dir
-
+def gguf_directory(path: Path) -> Path:
+    """The safetensors directory a GGUF file converts to, converting it on first use."""
     cache = gguf_cache_dir(path)
     if not (cache / "model.safetensors").is_file():
         try:
-            _convert_gguf(path.resolve(), cache)
+            demo.convert_gguf(path.resolve(), cache)
         except Exception as error:  # the GGUF reader raises many types for files it cannot read
             reason = (str(error).splitlines() or [type(error).__name__])[0][:200]
             raise JdnaError(
@@ -49,8 +50,22 @@ def gguf_base(path: Path, allow_pickle: bool = False) -> BaseModel:
                 "GGUF for a fixed set of architectures and quantization types: convert it to a Hugging Face "
                 "directory with the tool that made it, and pass that directory"
             ) from None
-    base = _base_from_dir(str(path.resolve()), "gguf", cache, allow_pickle)
-    return base
+    return cache
+
+
+def read_export_metadata(directory: Path) -> dict[str, Any] | None:
+    """jdna.json of an export directory, or the ``jdna`` entry of its config.json; None for other directories."""
+    for path, pick in ((directory / EXPORT_METADATA_FILE, lambda d: d), (directory / "config.json",
+                                                                        lambda d: d.get(CONFIG_KEY))):
+        if not path.is_file():
+            continue
+        try:
+            data = pick(json.loads(path.read_text()))
+        except (json.JSONDecodeError, AttributeError, OSError):
+            continue
+        if isinstance(data, dict) and data.get("format") == EXPORT_FORMAT_NAME:
+            return data
+    return None
 
 
 def not_a_model_error(path: Path) -> JdnaError | None:
@@ -77,3 +92,31 @@ def not_a_model_error(path: Path) -> JdnaError | None:
         f"'{path}' is {what}, not a model: pass a jdna artifact (.safetensors), a Hugging Face model directory, "
         "a .gguf file, an HF hub id or a demo name"
     )
+
+
+def require_compressed_tensors() -> str:
+    """The installed compressed-tensors version, or a JdnaError saying how to install it."""
+    try:
+        import compressed_tensors
+    except ImportError:
+        raise JdnaError(
+            "--format compressed-tensors needs the compressed-tensors package: pip install 'jdna[export]' "
+            "(or pip install compressed-tensors)"
+        ) from None
+    return str(compressed_tensors.__version__)
+
+
+def loading_kwargs(config: dict[str, Any]) -> dict[str, Any]:
+    """from_pretrained arguments for a compressed-tensors checkpoint: decompress on load, so jdna sees (and
+    prunes, measures, fine-tunes) ordinary dense weights. Empty for any other checkpoint."""
+    quantization = config.get("quantization_config")
+    if not isinstance(quantization, dict) or quantization.get("quant_method") != "compressed-tensors":
+        return {}
+    require_compressed_tensors()
+    import warnings
+
+    from transformers import CompressedTensorsConfig
+
+    # transformers warns that the config's own quantization_config wins; only `dequantize` is ours to set.
+    warnings.filterwarnings("ignore", message=".*already has a `quantization_config` attribute.*")
+    return {"quantization_config": CompressedTensorsConfig(dequantize=True)}
