@@ -115,8 +115,35 @@ def check_calibratable(matrices: Sequence[PrunableMatrix], why: str, alternative
             )
 
 
-def _collect(block_matrices: list[PrunableMatrix], accumulator: Callable[[str, torch.Tensor], None]):
-    return collect_inputs({m.name: m.module for m in block_matrices}, accumulator)
+def _layer_by_layer(
+    runner: LayerwiseRunner,
+    matrices: Sequence[PrunableMatrix],
+    statistics_for_block: Callable[[], Accumulator],
+    compress_block: Callable[[int, list[PrunableMatrix], Mapping[str, torch.Tensor]], None] | None,
+    recompute_outputs: bool,
+    reporter: Reporter,
+    label: str,
+) -> None:
+    """The loop itself, the only one: see the module docstring for its order of operations."""
+    for index, block in runner.iter_blocks():
+        block_matrices = [m for m in matrices if m.block == index]
+        if not block_matrices:
+            outputs = runner.run(block, keep_outputs=True)
+        else:
+            statistics = statistics_for_block()
+            remove = collect_inputs({m.name: m.module for m in block_matrices}, statistics)
+            try:
+                outputs = runner.run(block, keep_outputs=not recompute_outputs)
+            finally:
+                remove()
+            if compress_block is not None:
+                compress_block(index, block_matrices, statistics.values())
+            del statistics  # a block's Hessians are freed before the next pass allocates activations
+            if recompute_outputs:
+                # Rerun the compressed block: the next block calibrates on what the compressed model computes.
+                outputs = runner.run(block, keep_outputs=True)
+        runner.advance(outputs)
+        reporter.progress(label, index + 1, len(runner.blocks))
 
 
 def compress(
@@ -126,28 +153,27 @@ def compress(
     reporter: Reporter,
     label: str,
 ) -> None:
-    """Run `method` over the model block by block (see the module docstring for the order of operations)."""
+    """Run `method` over the model block by block, each block's statistic collected afresh."""
     if method.statistic is None:
         raise ValueError("a method without a statistic compresses without the pipeline")
     kind = STATISTICS.get(method.statistic)
-    for index, block in runner.iter_blocks():
-        block_matrices = [m for m in matrices if m.block == index]
-        if not block_matrices:
-            outputs = runner.run(block, keep_outputs=True)
-        else:
-            accumulator = kind.accumulator()
-            remove = _collect(block_matrices, accumulator)
-            try:
-                outputs = runner.run(block, keep_outputs=not method.recompute_outputs)
-            finally:
-                remove()
-            method.compress_block(index, block_matrices, accumulator.values())
-            del accumulator  # a block's Hessians are freed before the next pass allocates activations
-            if method.recompute_outputs:
-                # Rerun the compressed block: the next block calibrates on what the compressed model computes.
-                outputs = runner.run(block, keep_outputs=True)
-        runner.advance(outputs)
-        reporter.progress(label, index + 1, len(runner.blocks))
+    _layer_by_layer(
+        runner, matrices, kind.accumulator, method.compress_block, method.recompute_outputs, reporter, label
+    )
+
+
+class _Several:
+    """Several statistics collected from the same inputs."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.accumulators = {name: STATISTICS.get(name).accumulator() for name in names}
+
+    def __call__(self, name: str, x: torch.Tensor) -> None:
+        for accumulator in self.accumulators.values():
+            accumulator(name, x)
+
+    def values(self) -> Mapping[str, torch.Tensor]:
+        return {}  # read per statistic by observe(), once every block has been seen
 
 
 def observe(
@@ -157,19 +183,8 @@ def observe(
     reporter: Reporter,
     label: str = "activation statistics",
 ) -> dict[str, Mapping[str, torch.Tensor]]:
-    """Statistics of the unchanged model for every matrix (one pass per block), keyed by statistic name."""
-    accumulators = {name: STATISTICS.get(name).accumulator() for name in statistics}
-
-    def accumulate(name: str, x: torch.Tensor) -> None:
-        for accumulator in accumulators.values():
-            accumulator(name, x)
-
-    for index, block in runner.iter_blocks():
-        remove = _collect([m for m in matrices if m.block == index], accumulate)
-        try:
-            outputs = runner.run(block, keep_outputs=True)
-        finally:
-            remove()
-        runner.advance(outputs)
-        reporter.progress(label, index + 1, len(runner.blocks))
-    return {name: accumulator.values() for name, accumulator in accumulators.items()}
+    """Statistics of the unchanged model for every matrix, keyed by statistic name: the same loop compressing
+    nothing, so statistics and the next block's inputs come from one pass per block."""
+    several = _Several(statistics)
+    _layer_by_layer(runner, matrices, lambda: several, None, False, reporter, label)
+    return {name: accumulator.values() for name, accumulator in several.accumulators.items()}
