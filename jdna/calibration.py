@@ -1,4 +1,5 @@
-"""Calibration data and the layer-by-layer runner used by Wanda, SparseGPT and GPTQ.
+"""Calibration data, the block-by-block runner and the statistics accumulators that the calibration
+pipeline (:mod:`jdna.layerwise`) drives Wanda, SparseGPT, OWL and GPTQ with.
 
 Like the reference implementations, the model is processed one transformer block at a time: the inputs
 of block 0 are captured once, each block is run on the current inputs (collecting statistics through

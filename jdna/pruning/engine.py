@@ -1,4 +1,5 @@
-"""Pruning a loaded model in place: validation, calibration passes, mask selection and statistics."""
+"""Pruning a loaded model in place: validation, the method's hooks driven (through the calibration pipeline
+of :mod:`jdna.layerwise` for calibrated methods), OWL's pre-pass, and statistics."""
 
 from __future__ import annotations
 
