@@ -47,8 +47,8 @@ class Pruned:
     updated: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-class PruningMethod:
-    """What every pruning method declares."""
+class PruningMethod(ABC):
+    """What every pruning method declares, and its one hook."""
 
     name: str = ""
     description: str = ""
@@ -70,9 +70,10 @@ class PruningMethod:
     def needs_calibration(self) -> bool:
         return self.statistic is not None
 
+    @abstractmethod
     def compress(self, matrices: list[PrunableMatrix], context: ScoreContext, selection: Selection) -> Pruned:
-        """Prune `matrices` in place (one block's under the calibration pipeline, else all of them)."""
-        raise NotImplementedError
+        """Prune `matrices` in place (one block's under the calibration pipeline, else all of them), with
+        ``context.statistics`` holding this method's statistic for them."""
 
 
 class ScoreMethod(PruningMethod, ABC):
