@@ -2,7 +2,7 @@
 
 Each method runs in its own child process, so its peak resident set size (``ru_maxrss`` from ``os.wait4``)
 is its own and not the maximum of everything run so far. The child loads the model, quantizes its
-prunable matrices in place with :func:`jdna.quantization.run.quantize_model` (no artifact is written) and
+prunable matrices in place with :func:`jdna.quantization.engine.quantize_model` (no artifact is written) and
 reports the load and quantize times and the whole-set relative weight error ‖W−Ŵ‖/‖W‖. Not a test.
 
     python bench/bench_quantize.py --model smollm2-135m --bits 4 --group-size 64 --calib notes.txt
@@ -33,7 +33,8 @@ def _child(args: argparse.Namespace) -> None:
     import torch
 
     from jdna.models import load_model, resolve
-    from jdna.quantization.run import QuantizeConfig, plan_quantize, quantize_model, set_relative_error
+    from jdna.quantization.engine import QuantizeConfig, plan_quantize, quantize_model
+    from jdna.quantization.run import set_relative_error
 
     torch.set_num_threads(args.threads)
     config = QuantizeConfig(

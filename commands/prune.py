@@ -22,6 +22,7 @@ from jdna.commands.common import (
 )
 from jdna.models import resolve
 from jdna.pruning import METHODS, PruneConfig, plan_prune, run_prune
+from jdna.pruning.base import default_scopes, method_names
 
 
 def prune(
@@ -41,8 +42,7 @@ def prune(
     scope: Annotated[
         str | None,
         typer.Option(
-            help="global | layer | row (default: global for magnitude/random/large-magnitude, "
-            "row for wanda, layer for sparsegpt)."
+            help=f"global | layer | row (default: {default_scopes()})."
         ),
     ] = None,
     pattern: Annotated[
@@ -52,8 +52,8 @@ def prune(
         bool,
         typer.Option(
             "--owl",
-            help="Outlier-weighted layerwise sparsity (magnitude, wanda, sparsegpt); needs calibration text "
-            "unless --owl-metric weight.",
+            help=f"Outlier-weighted layerwise sparsity ({', '.join(method_names(lambda m: m.supports_owl))}); needs "
+            "calibration text unless --owl-metric weight.",
         ),
     ] = False,
     owl_metric: Annotated[

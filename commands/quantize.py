@@ -21,14 +21,15 @@ from jdna.commands.common import (
     placement_for,
 )
 from jdna.models import resolve
+from jdna.quantization.base import QUANTIZERS
+from jdna.quantization.engine import QuantizeConfig, plan_quantize
 from jdna.quantization.quantize_step import run_quantize
-from jdna.quantization.run import QUANT_METHODS, QuantizeConfig, plan_quantize
 
 
 def quantize(
     model: ModelArgument = None,
     bits: Annotated[int | None, typer.Option("--bits", "-b", help="Code width, 2 to 8.")] = None,
-    method: Annotated[str, typer.Option(help=f"One of: {', '.join(QUANT_METHODS)}.")] = "rtn",
+    method: Annotated[str, typer.Option(help=f"One of: {', '.join(QUANTIZERS.names())}.")] = "rtn",
     granularity: Annotated[
         str,
         typer.Option(help="tensor | channel (one scale per output row) | group (per row and --group-size inputs)."),

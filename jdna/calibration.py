@@ -1,4 +1,5 @@
-"""Calibration data and the layer-by-layer runner used by Wanda, SparseGPT and GPTQ.
+"""Calibration data, the block-by-block runner and the statistics accumulators that the calibration
+pipeline (:mod:`jdna.layerwise`) drives Wanda, SparseGPT, OWL and GPTQ with.
 
 Like the reference implementations, the model is processed one transformer block at a time: the inputs
 of block 0 are captured once, each block is run on the current inputs (collecting statistics through
@@ -11,7 +12,7 @@ from __future__ import annotations
 import inspect
 import json
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -355,6 +356,10 @@ class InputNormAccumulator:
         self._same.forget()
         return {name: value.sqrt().cpu() for name, value in self.sum_squares.items()}
 
+    def values(self) -> dict[str, torch.Tensor]:
+        """The statistic per module name (the accumulators' common reader)."""
+        return self.norms()
+
 
 class HessianAccumulator:
     """H = 2/n Σ x xᵀ over calibration tokens for each module (SparseGPT's and GPTQ's proxy Hessian)."""
@@ -380,6 +385,27 @@ class HessianAccumulator:
         self._same.forget()
         self.sums.clear()
         self.counts.clear()
+
+    def values(self) -> Mapping[str, torch.Tensor]:
+        """The statistic per module name (the accumulators' common reader); each Hessian is formed when read,
+        so a block's matrices hold one at a time."""
+        return _Hessians(self)
+
+
+class _Hessians(Mapping[str, torch.Tensor]):
+    def __init__(self, accumulator: HessianAccumulator) -> None:
+        self._accumulator = accumulator
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self._accumulator.sums:
+            raise KeyError(name)
+        return self._accumulator.hessian(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._accumulator.sums)
+
+    def __len__(self) -> int:
+        return len(self._accumulator.sums)
 
 
 def _gram(x: torch.Tensor) -> torch.Tensor:

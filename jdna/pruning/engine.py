@@ -1,10 +1,11 @@
-"""Pruning a loaded model in place: validation, calibration passes, mask selection and statistics."""
+"""Pruning a loaded model in place: validation, the method's hooks driven (through the calibration pipeline
+of :mod:`jdna.layerwise` for calibrated methods), OWL's pre-pass, and statistics."""
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -12,25 +13,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from jdna import layerwise
 from jdna.artifact import PackedMasks
-from jdna.calibration import (
-    HessianAccumulator,
-    InputNormAccumulator,
-    LayerwiseRunner,
-    calibration_identity,
-    calibration_samples,
-    check_calibration_spec,
-    collect_inputs,
-    read_calibration_text,
-)
+from jdna.calibration import LayerwiseRunner, calibration_identity, check_calibration_spec, read_calibration_text
 from jdna.errors import JdnaError, check_seed, unknown_name_error
+from jdna.layerwise import Calibration, check_calibratable, observe, prepare_calibration
 from jdna.progress import Reporter
 from jdna.prunable import PrunableMatrix, prunable_matrices
-from jdna.pruning.base import METHODS, SCOPES, ReconstructionMethod, ScoreContext, ScoreMethod
-from jdna.pruning.owl import OWL_METRICS, outlier_ratio, owl_sparsities
-from jdna.pruning.selection import prune_count, select_group_packed, select_n_m, select_rows
-from jdna.pruning.sparsegpt import sparsegpt_prune_matrix
-from jdna.pruning.wanda import wanda_scores
+from jdna.pruning.base import METHODS, SCOPES, PruningMethod, ScoreContext, method_names
+from jdna.pruning.owl import OWL_METRIC_STATISTIC, OWL_METRICS, outlier_ratio, owl_metric, owl_sparsities
+from jdna.pruning.selection import Selection
 
 VALUE_BITS = 16  # the reference precision of the compression axis: a dense model counts 16 bits a weight
 
@@ -60,7 +52,7 @@ class PruneConfig:
 class PrunePlan:
     """A validated configuration with defaults resolved."""
 
-    method: ScoreMethod | ReconstructionMethod
+    method: PruningMethod
     sparsity: float
     scope: str
     n_m: tuple[int, int] | None
@@ -73,7 +65,18 @@ class PrunePlan:
 
     @property
     def owl_needs_activations(self) -> bool:
-        return self.config.owl and self.config.owl_metric == "wanda"
+        return self.config.owl and OWL_METRIC_STATISTIC[self.config.owl_metric] is not None
+
+    @property
+    def dense_statistics(self) -> list[str]:
+        """Statistics measured on the dense model before pruning: OWL's, and a calibrated method's at global
+        scope (one threshold over every block cannot wait for the blocks to be pruned one by one)."""
+        wanted = []
+        if self.config.owl:
+            wanted.append(OWL_METRIC_STATISTIC[self.config.owl_metric])
+        if self.scope == "global":
+            wanted.append(self.method.statistic)
+        return list(dict.fromkeys(name for name in wanted if name is not None))
 
     def params(self) -> dict[str, Any]:
         """The parameters that define the result (what the content address is computed from)."""
@@ -88,12 +91,12 @@ class PrunePlan:
         }
         if c.owl:
             params.update(owl=True, owl_lambda=c.owl_lambda, owl_m=c.owl_m, owl_metric=c.owl_metric)
-        if self.method.name == "random" or self.needs_calibration:
+        if self.method.seeded or self.needs_calibration:
             params["seed"] = c.seed
         if self.needs_calibration:
             params.update(calib_samples=c.calib_samples, calib_seqlen=c.calib_seqlen)
             params["calib"] = calibration_identity(c.calib)
-        if isinstance(self.method, ReconstructionMethod):
+        if self.method.reconstructs:
             params.update(block_size=c.block_size, damp=c.damp)
         return params
 
@@ -147,13 +150,13 @@ def plan_prune(config: PruneConfig) -> PrunePlan:
     if scope not in method.scopes:
         raise JdnaError(f"method '{method.name}' supports scopes {', '.join(method.scopes)}, not '{scope}'")
     if config.owl and not method.supports_owl:
-        owl_methods = ", ".join(name for name in METHODS.names() if METHODS.get(name).supports_owl)
+        owl_methods = ", ".join(method_names(lambda m: m.supports_owl))
         raise JdnaError(f"--owl applies to {owl_methods}, not '{method.name}'")
     if config.owl_metric not in OWL_METRICS:
         raise unknown_name_error("OWL metric", config.owl_metric, OWL_METRICS)
     if config.owl and not 0 <= config.owl_lambda < 1:  # also NaN: before any calibration text is looked for
         raise JdnaError(f"--owl-lambda must be in [0, 1), got {config.owl_lambda}")
-    if method.needs_calibration or (config.owl and config.owl_metric == "wanda"):
+    if method.needs_calibration or (config.owl and OWL_METRIC_STATISTIC[config.owl_metric] is not None):
         if config.calib_samples < 1:
             raise JdnaError("--calib-samples must be at least 1")
         if config.calib_seqlen < 2:
@@ -174,65 +177,6 @@ class PruneOutcome:
     calibration: dict[str, Any] | None = None
 
 
-def _apply(matrix: PrunableMatrix, keep: torch.Tensor) -> None:
-    matrix.param.data.masked_fill_(~keep.to(matrix.param.device), 0)
-
-
-@dataclass
-class _Scorer:
-    """A method's scores for one matrix at a time (all of them, or a strided sample)."""
-
-    method: ScoreMethod
-    context: ScoreContext
-
-    def __call__(self, matrix: PrunableMatrix) -> torch.Tensor:
-        return self.method.score(matrix, self.context).cpu()
-
-    def sample(self, matrix: PrunableMatrix, start: int, stride: int) -> torch.Tensor:
-        return self.method.sample_scores(matrix, self.context, start, stride).cpu()
-
-
-def _select(
-    matrices: list[PrunableMatrix],
-    score: _Scorer,
-    plan: PrunePlan,
-    block_sparsity: dict[int, float] | None,
-) -> PackedMasks:
-    def target(matrix: PrunableMatrix) -> float:
-        if block_sparsity is not None and matrix.block is not None:
-            return block_sparsity[matrix.block]
-        return plan.sparsity
-
-    masks = PackedMasks()
-    if plan.n_m is not None:
-        for matrix in matrices:
-            masks[matrix.name] = select_n_m(score(matrix), *plan.n_m)
-    elif plan.scope == "row":
-        for matrix in matrices:
-            masks[matrix.name] = select_rows(score(matrix), target(matrix))
-    elif plan.scope == "layer":
-        for matrix in matrices:
-            k = prune_count(target(matrix), matrix.numel)
-            packed = select_group_packed(
-                [matrix.numel], lambda _i, m=matrix: score(m), k, lambda _i, a, b, m=matrix: score.sample(m, a, b)
-            )[0]
-            masks.set_packed(matrix.name, packed, tuple(matrix.param.shape))
-    else:
-        groups: dict[Any, list[PrunableMatrix]] = {}
-        for matrix in matrices:
-            key = matrix.block if block_sparsity is not None else "all"
-            groups.setdefault(key, []).append(matrix)
-        for group in groups.values():
-            sizes = [m.numel for m in group]
-            k = prune_count(target(group[0]), sum(sizes))
-            packed_masks = select_group_packed(
-                sizes, lambda i, g=group: score(g[i]), k, lambda i, a, b, g=group: score.sample(g[i], a, b)
-            )
-            for matrix, packed in zip(group, packed_masks):
-                masks.set_packed(matrix.name, packed, tuple(matrix.param.shape))
-    return masks
-
-
 def _owl_block_sparsity(
     matrices: list[PrunableMatrix], score: Callable[[PrunableMatrix], torch.Tensor], plan: PrunePlan
 ) -> dict[int, float]:
@@ -244,25 +188,33 @@ def _owl_block_sparsity(
     return dict(zip(blocks, owl_sparsities(ratios, plan.sparsity, plan.config.owl_lambda)))
 
 
-def _owl_metric(plan: PrunePlan, input_norms: dict[str, torch.Tensor]) -> Callable[[PrunableMatrix], torch.Tensor]:
-    """What OWL counts outliers of: the Wanda metric |W|·‖X‖ on the dense model (the reference OWL code does so
-    whatever the pruning score), or |W| alone under ``--owl-metric weight``."""
-    if plan.config.owl_metric == "weight":
-        return lambda matrix: matrix.param.detach().abs().to(torch.float32).cpu()
-    return lambda matrix: wanda_scores(matrix.param.detach().cpu(), input_norms[matrix.name])
+@dataclass
+class _BlockPruner:
+    """A pruning method as the calibration pipeline drives it (jdna.layerwise.BlockCompressor)."""
 
+    method: PruningMethod
+    context: ScoreContext
+    selection: Selection
+    masks: PackedMasks = field(default_factory=PackedMasks)
+    updated: dict[str, torch.Tensor] = field(default_factory=dict)
 
-def _dense_input_norms(
-    runner: LayerwiseRunner, matrices: list[PrunableMatrix], reporter: Reporter
-) -> dict[str, torch.Tensor]:
-    accumulator = InputNormAccumulator()
-    for index, block in runner.iter_blocks():
-        remove = collect_inputs({m.name: m.module for m in matrices if m.block == index}, accumulator)
-        outputs = runner.run(block, keep_outputs=True)
-        remove()
-        runner.advance(outputs)
-        reporter.progress("activation statistics", index + 1, len(runner.blocks))
-    return accumulator.norms()
+    @property
+    def statistic(self) -> str | None:
+        return self.method.statistic
+
+    @property
+    def recompute_outputs(self) -> bool:
+        return self.method.recompute_outputs
+
+    def compress_block(
+        self, index: int, matrices: list[PrunableMatrix], statistics: Mapping[str, torch.Tensor]
+    ) -> None:
+        self.context.statistics = statistics
+        pruned = self.method.compress(matrices, self.context, self.selection)
+        self.context.statistics = {}  # a block's Hessians must not outlive it
+        for matrix in matrices:
+            self.masks.set_packed(matrix.name, pruned.masks.packed(matrix.name), tuple(matrix.param.shape))
+        self.updated.update(pruned.updated)
 
 
 def prune_model(
@@ -274,6 +226,11 @@ def prune_model(
 ) -> PruneOutcome:
     """Prune `model` in place according to `plan`; returns the masks (and any rewritten weights).
 
+    A calibrated method (one that declares a ``statistic``) compresses block by block through the calibration
+    pipeline of :mod:`jdna.layerwise`, so later blocks see the outputs of the pruned earlier ones (as the
+    reference Wanda and SparseGPT do); at global scope its statistic is measured on the dense model first, since
+    one threshold spans every block. OWL's outlier ratios are a pre-pass on the dense model.
+
     `device`: where calibrated methods run each block (the model itself may stay on the CPU; see
     LayerwiseRunner); None runs them where the model is.
     """
@@ -281,25 +238,48 @@ def prune_model(
     config = plan.config
     method = plan.method
     matrices = prunable_matrices(model, config.include, config.exclude)
-    context = ScoreContext(seed=config.seed)
+    context = ScoreContext(seed=config.seed, block_size=config.block_size, damp=config.damp)
+    calibration: Calibration | None = None
+    dense: dict[str, Mapping[str, torch.Tensor]] = {}
 
-    score = _Scorer(method, context)
+    def new_runner() -> LayerwiseRunner:
+        assert calibration is not None
+        return LayerwiseRunner(model, calibration.input_ids, device=device)
 
-    if not plan.needs_calibration:
-        block_sparsity = _owl_block_sparsity(matrices, _owl_metric(plan, {}), plan) if config.owl else None
-        masks = _select(matrices, score, plan, block_sparsity)
-        for matrix in matrices:
-            _apply(matrix, masks[matrix.name])
-        return PruneOutcome(masks=masks, block_sparsity=block_sparsity)
+    if plan.needs_calibration:
+        calibration = _calibration(model, tokenizer, plan, matrices, reporter)
+        if plan.dense_statistics:
+            dense = observe(new_runner(), matrices, plan.dense_statistics, reporter)
+    block_sparsity = None
+    if config.owl:
+        owl_statistic = OWL_METRIC_STATISTIC[config.owl_metric]
+        metric = owl_metric(config.owl_metric, dense[owl_statistic] if owl_statistic else {})
+        block_sparsity = _owl_block_sparsity(matrices, metric, plan)
+    selection = Selection(plan.sparsity, plan.scope, plan.n_m, block_sparsity)
+    record = None if calibration is None else calibration.record
 
-    for matrix in matrices:
-        if not matrix.is_linear or matrix.block is None:
-            why = f"{method.name} needs" if method.needs_calibration else "OWL's outlier ratios (|W|·‖X‖) need"
-            alternative = "use magnitude" if method.needs_calibration else "use --owl-metric weight"
-            raise JdnaError(
-                f"{why} input activations, but '{matrix.name}' is not a linear layer inside a "
-                f"transformer block: --exclude it or {alternative}"
-            )
+    if not method.needs_calibration or plan.scope == "global":
+        if method.statistic is not None:
+            context.statistics = dense[method.statistic]
+        pruned = method.compress(matrices, context, selection)
+        return PruneOutcome(pruned.masks, pruned.updated, block_sparsity=block_sparsity, calibration=record)
+
+    pruner = _BlockPruner(method, context, selection)
+    layerwise.compress(new_runner(), matrices, pruner, reporter, "pruning blocks")
+    return PruneOutcome(pruner.masks, pruner.updated, block_sparsity=block_sparsity, calibration=record)
+
+
+def _calibration(
+    model: nn.Module, tokenizer: Any, plan: PrunePlan, matrices: list[PrunableMatrix], reporter: Reporter
+) -> Calibration:
+    """The calibration windows of a plan that needs activations (the method's, or OWL's reference metric)."""
+    config = plan.config
+    method = plan.method
+    uncalibrated = ", ".join(method_names(lambda m: not m.needs_calibration))
+    if method.needs_calibration:
+        check_calibratable(matrices, f"{method.name} needs", f"use a method without calibration ({uncalibrated})")
+    else:
+        check_calibratable(matrices, "OWL's outlier ratios (|W|·‖X‖) need", "use --owl-metric weight")
     try:
         text = read_calibration_text(config.calib)
     except JdnaError as error:
@@ -309,97 +289,9 @@ def prune_model(
             f"--owl computes outlier ratios from |W|·‖X‖ as the reference OWL does, which needs calibration text "
             f"({error}); or pass --owl-metric weight for ratios from |W| alone"
         ) from None
-    calib = calibration_samples(
-        text, tokenizer, model, config.calib_samples, config.calib_seqlen, config.seed
+    return prepare_calibration(
+        model, tokenizer, text, config.calib, config.calib_samples, config.calib_seqlen, config.seed, reporter
     )
-    if calib.seqlen < config.calib_seqlen:
-        reporter.log(
-            f"calibration windows are {calib.seqlen} tokens (asked {config.calib_seqlen}; capped by the "
-            "model context or the calibration text)"
-        )
-    calibration = {
-        "samples": int(calib.input_ids.shape[0]),
-        "seqlen": calib.seqlen,
-        "text_tokens": calib.total_tokens,
-        "text": calibration_identity(config.calib),
-    }
-
-    def new_runner() -> LayerwiseRunner:
-        return LayerwiseRunner(model, calib.input_ids, device=device)
-
-    block_sparsity = None
-    dense_norms: dict[str, torch.Tensor] = {}
-    needs_dense_norms = plan.owl_needs_activations or (
-        plan.scope == "global" and not isinstance(method, ReconstructionMethod)
-    )
-    if needs_dense_norms:
-        dense_norms = _dense_input_norms(new_runner(), matrices, reporter)
-    if config.owl:
-        block_sparsity = _owl_block_sparsity(matrices, _owl_metric(plan, dense_norms), plan)
-
-    if isinstance(method, ReconstructionMethod):
-        masks, updated = _sparsegpt_pass(new_runner(), matrices, plan, reporter, block_sparsity)
-        return PruneOutcome(masks=masks, updated=updated, block_sparsity=block_sparsity, calibration=calibration)
-
-    if not method.needs_calibration or plan.scope == "global":
-        context.input_norms = dense_norms
-        masks = _select(matrices, score, plan, block_sparsity)
-        for matrix in matrices:
-            _apply(matrix, masks[matrix.name])
-        return PruneOutcome(masks=masks, block_sparsity=block_sparsity, calibration=calibration)
-
-    # Row/layer scope: prune block by block so later blocks see the activations of the pruned earlier
-    # ones (as Wanda's reference implementation does).
-    runner = new_runner()
-    masks = PackedMasks()
-    for index, block in runner.iter_blocks():
-        block_matrices = [m for m in matrices if m.block == index]
-        accumulator = InputNormAccumulator()
-        remove = collect_inputs({m.name: m.module for m in block_matrices}, accumulator)
-        runner.run(block, keep_outputs=False)
-        remove()
-        context.input_norms = accumulator.norms()
-        block_masks = _select(block_matrices, score, plan, block_sparsity)
-        for matrix in block_matrices:
-            _apply(matrix, block_masks[matrix.name])
-        masks.update(block_masks)
-        runner.advance(runner.run(block, keep_outputs=True))
-        reporter.progress("pruning blocks", index + 1, len(runner.blocks))
-    return PruneOutcome(masks=masks, block_sparsity=block_sparsity, calibration=calibration)
-
-
-def _sparsegpt_pass(
-    runner: LayerwiseRunner,
-    matrices: list[PrunableMatrix],
-    plan: PrunePlan,
-    reporter: Reporter,
-    block_sparsity: dict[int, float] | None = None,
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    masks = PackedMasks()
-    updated: dict[str, torch.Tensor] = {}
-    for index, block in runner.iter_blocks():
-        block_matrices = [m for m in matrices if m.block == index]
-        hessians = HessianAccumulator()
-        remove = collect_inputs({m.name: m.module for m in block_matrices}, hessians)
-        runner.run(block, keep_outputs=False)
-        remove()
-        for matrix in block_matrices:
-            weight, keep = sparsegpt_prune_matrix(
-                matrix.param.data.to(torch.float32),
-                hessians.hessian(matrix.name),
-                plan.sparsity if block_sparsity is None else block_sparsity[index],
-                scope=plan.scope,
-                n_m=plan.n_m,
-                block_size=plan.config.block_size,
-                damp=plan.config.damp,
-            )
-            matrix.param.data.copy_(weight.to(matrix.param.dtype))
-            masks[matrix.name] = keep
-            updated[matrix.name] = matrix.param.data.detach().cpu().clone()
-        hessians.clear()
-        runner.advance(runner.run(block, keep_outputs=True))
-        reporter.progress("pruning blocks", index + 1, len(runner.blocks))
-    return masks, updated
 
 
 def pruned_bits_per_weight(

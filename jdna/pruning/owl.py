@@ -12,13 +12,27 @@ magnitude; ``weight`` counts outliers of |W| alone (no activations; not the refe
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
 from jdna.errors import JdnaError
+from jdna.prunable import PrunableMatrix
+from jdna.pruning.wanda import wanda_scores
 
-OWL_METRICS = ("wanda", "weight")
+# What OWL can count outliers of → the calibration statistic it needs (jdna.layerwise.STATISTICS), or None.
+OWL_METRIC_STATISTIC: dict[str, str | None] = {"wanda": "input_norms", "weight": None}
+OWL_METRICS = tuple(OWL_METRIC_STATISTIC)
+
+
+def owl_metric(
+    metric: str, statistics: Mapping[str, torch.Tensor]
+) -> Callable[[PrunableMatrix], torch.Tensor]:
+    """The scores OWL counts outliers of: the Wanda metric |W|·‖X‖ on the dense model (the reference OWL code
+    does so whatever the pruning score), or |W| alone for ``weight``; `statistics` holds the input norms."""
+    if OWL_METRIC_STATISTIC[metric] is None:
+        return lambda matrix: matrix.param.detach().abs().to(torch.float32).cpu()
+    return lambda matrix: wanda_scores(matrix.param.detach().cpu(), statistics[matrix.name])
 
 
 def outlier_ratio(score_fns: Sequence[Callable[[], torch.Tensor]], m: float) -> float:

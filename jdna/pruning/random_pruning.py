@@ -20,6 +20,7 @@ class RandomPruning(ScoreMethod):
     name = "random"
     description = "prune a seeded uniformly random subset (control)"
     default_scope = "global"
+    seeded = True
 
     def score(self, matrix: PrunableMatrix, context: ScoreContext) -> torch.Tensor:
         shape = tuple(matrix.param.shape)

@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
-from jdna.artifact import pack_mask, unpack_mask
+from jdna.artifact import PackedMasks, pack_mask, unpack_mask
 from jdna.errors import JdnaError
+from jdna.prunable import PrunableMatrix
 
 ScoreFn = Callable[[int], torch.Tensor]  # index of a matrix in the group → its scores
 # (index, start, stride) → that matrix's scores at flat positions start, start + stride, ... (1-D)
@@ -236,3 +239,59 @@ def select_n_m(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     keep = torch.ones_like(grouped, dtype=torch.bool)
     keep.scatter_(2, order, False)
     return keep.reshape(rows, cols)
+
+
+@dataclass
+class Selection:
+    """How many weights to prune and among which groups: the resolved sparsity, scope, N:M pattern and OWL's
+    per-block sparsities."""
+
+    sparsity: float
+    scope: str
+    n_m: tuple[int, int] | None = None
+    block_sparsity: dict[int, float] | None = None
+
+    def target(self, matrix: PrunableMatrix) -> float:
+        """The sparsity `matrix` gets (its block's under OWL)."""
+        if self.block_sparsity is not None and matrix.block is not None:
+            return self.block_sparsity[matrix.block]
+        return self.sparsity
+
+
+MatrixScores = Callable[[PrunableMatrix], torch.Tensor]
+MatrixSample = Callable[[PrunableMatrix, int, int], torch.Tensor]
+
+
+def select_masks(
+    matrices: list[PrunableMatrix], score: MatrixScores, sample: MatrixSample, selection: Selection
+) -> PackedMasks:
+    """Keep-masks pruning the lowest scores of `matrices` as `selection` says (exact counts, ties by position):
+    per N:M group, per row, per matrix (layer), or over all matrices (global; per block under OWL)."""
+    masks = PackedMasks()
+    if selection.n_m is not None:
+        for matrix in matrices:
+            masks[matrix.name] = select_n_m(score(matrix), *selection.n_m)
+    elif selection.scope == "row":
+        for matrix in matrices:
+            masks[matrix.name] = select_rows(score(matrix), selection.target(matrix))
+    elif selection.scope == "layer":
+        for matrix in matrices:
+            k = prune_count(selection.target(matrix), matrix.numel)
+            packed = select_group_packed(
+                [matrix.numel], lambda _i, m=matrix: score(m), k, lambda _i, a, b, m=matrix: sample(m, a, b)
+            )[0]
+            masks.set_packed(matrix.name, packed, tuple(matrix.param.shape))
+    else:
+        groups: dict[Any, list[PrunableMatrix]] = {}
+        for matrix in matrices:
+            key = matrix.block if selection.block_sparsity is not None else "all"
+            groups.setdefault(key, []).append(matrix)
+        for group in groups.values():
+            sizes = [m.numel for m in group]
+            k = prune_count(selection.target(group[0]), sum(sizes))
+            packed_masks = select_group_packed(
+                sizes, lambda i, g=group: score(g[i]), k, lambda i, a, b, g=group: sample(g[i], a, b)
+            )
+            for matrix, packed in zip(group, packed_masks):
+                masks.set_packed(matrix.name, packed, tuple(matrix.param.shape))
+    return masks

@@ -108,5 +108,19 @@ class SparseGPT(ReconstructionMethod):
     description = "OBS-based mask choice with weight reconstruction (calibrated; per matrix)"
     supports_owl = True  # the reference OWL code has a SparseGPT path: per-block sparsities, then SparseGPT
 
+    def reconstruct(
+        self,
+        weight: torch.Tensor,
+        statistic: torch.Tensor,
+        sparsity: float,
+        scope: str,
+        n_m: tuple[int, int] | None,
+        block_size: int,
+        damp: float,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return sparsegpt_prune_matrix(
+            weight, statistic, sparsity, scope=scope, n_m=n_m, block_size=block_size, damp=damp
+        )
+
 
 METHODS.add("sparsegpt", SparseGPT())

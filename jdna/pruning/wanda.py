@@ -18,11 +18,11 @@ class Wanda(ScoreMethod):
     name = "wanda"
     description = "prune the smallest |w|·‖x‖₂ (calibrated; per output row by default)"
     default_scope = "row"
-    needs_calibration = True
+    statistic = "input_norms"
     supports_owl = True
 
     def score_norms(self, matrix: PrunableMatrix, context: ScoreContext) -> torch.Tensor:
-        norms = context.input_norms.get(matrix.name)
+        norms = context.statistics.get(matrix.name)
         if norms is None:
             raise JdnaError(
                 f"wanda has no activations for '{matrix.name}': only linear layers in blocks qualify"

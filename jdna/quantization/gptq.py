@@ -27,12 +27,14 @@ Choices worth knowing:
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
 from jdna.errors import JdnaError
-from jdna.quantization.rtn import QuantizedMatrix, check_weight, grid_params, group_view, quantize_codes
-from jdna.quantization.spec import QuantSpec
+from jdna.quantization.base import QUANTIZERS, Quantizer
+from jdna.quantization.rtn import check_weight, grid_params, group_view, quantize_codes
+from jdna.quantization.spec import QuantizedMatrix, QuantSpec
 
 
 def _check_hessian(hessian: torch.Tensor, cols: int) -> None:
@@ -177,3 +179,31 @@ def gptq_quantize(
         spec=spec,
         mask=None if mask is None else mask.clone(),
     )
+
+
+class GPTQ(Quantizer):
+    name = "gptq"
+    description = "second-order error-compensating quantization (calibrated, block by block)"
+    statistic = "hessian"
+
+    def quantize(
+        self,
+        weight: torch.Tensor,
+        spec: QuantSpec,
+        mask: torch.Tensor | None,
+        statistic: torch.Tensor | None,
+        options: Any,
+    ) -> QuantizedMatrix:
+        assert statistic is not None
+        return gptq_quantize(
+            weight,
+            statistic,
+            spec,
+            block_size=options.block_size,
+            damp=options.damp,
+            act_order=options.act_order,
+            mask=None if mask is None else mask.to(weight.device),
+        )
+
+
+QUANTIZERS.add("gptq", GPTQ())

@@ -1,6 +1,6 @@
 """``jdna lowrank`` as a step (:mod:`jdna.steps`): truncated-SVD factors of the prunable matrices.
 
-The factorization itself is :func:`jdna.quantization.run.lowrank_model`; this module loads, runs it, measures
+The factorization itself is :func:`jdna.quantization.engine.lowrank_model`; this module loads, runs it, measures
 it and lays the result out as a ``lowrank`` artifact (docs/artifacts.md). The factors are dense, so a parent's
 pruning mask does not hold on the factorized matrices afterwards (:mod:`jdna.masks`).
 """
@@ -18,7 +18,8 @@ from jdna.models import ModelRef
 from jdna.placement import Placement, resolve_placement
 from jdna.progress import Reporter
 from jdna.prunable import prunable_matrices
-from jdna.quantization.run import LowRankConfig, lowrank_model, lowrank_statistics, plan_lowrank
+from jdna.quantization.engine import lowrank_model
+from jdna.quantization.run import LowRankConfig, lowrank_statistics, plan_lowrank
 from jdna.steps import Produced, Step, run_step
 
 __all__ = ["LowRankStep", "run_lowrank"]

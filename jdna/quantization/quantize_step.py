@@ -1,6 +1,6 @@
 """``jdna quantize`` as a step (:mod:`jdna.steps`): packed integer codes of the prunable matrices.
 
-The compression itself (:func:`jdna.quantization.run.quantize_model`, RTN or GPTQ) starts from the masks the
+The compression itself (:func:`jdna.quantization.engine.quantize_model`, RTN or GPTQ) starts from the masks the
 model still obeys (:func:`jdna.masks.effective_masks`), so a pruned parent's zeros stay exactly zero; this
 module loads, runs it, measures it and lays the result out as a ``quantized`` artifact (docs/artifacts.md).
 """
@@ -18,13 +18,8 @@ from jdna.masks import effective_masks
 from jdna.models import ModelRef
 from jdna.placement import Placement, resolve_placement
 from jdna.progress import Reporter
-from jdna.quantization.run import (
-    QuantizeConfig,
-    check_matrices,
-    plan_quantize,
-    quantize_model,
-    quantize_statistics,
-)
+from jdna.quantization.engine import QuantizeConfig, check_matrices, plan_quantize, quantize_model
+from jdna.quantization.run import quantize_statistics
 from jdna.steps import Produced, Step, run_step
 
 __all__ = ["QuantizeStep", "run_quantize"]

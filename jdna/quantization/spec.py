@@ -1,4 +1,5 @@
-"""How a weight matrix is quantized: bit width, scale granularity and grid symmetry.
+"""How a weight matrix is quantized (bit width, scale granularity, grid symmetry), and the quantized-matrix
+container RTN and GPTQ produce.
 
 Weight matrices follow the ``torch.nn.Linear`` layout ``(out_features, in_features)``,
 i.e. rows are output channels and columns are input features.  Granularity decides how
@@ -15,7 +16,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
+
 from jdna.errors import JdnaError, unknown_name_error
+from jdna.quantization.accounting import quantized_bits_per_weight
 
 GRANULARITIES: tuple[str, ...] = ("tensor", "channel", "group")
 MIN_BITS = 2
@@ -103,3 +107,66 @@ class QuantSpec:
                 f"group size {self.group_size} does not divide the {cols} input columns of {name}; "
                 f"choose a divisor such as {suggestion}"
             )
+
+
+@dataclass
+class QuantizedMatrix:
+    """Integer codes plus the per-group affine parameters that map them back to floats.
+
+    Attributes:
+        codes: uint8 ``(rows, cols)`` codes in ``[0, 2**bits)``.
+        scales: float32 step sizes, shape ``(1, 1)`` (tensor), ``(rows, 1)`` (channel) or
+            ``(rows, cols // group_size)`` (group).
+        zeros: float32 zero-points in code units, same shape as ``scales``; whole numbers.
+            Symmetric grids use the midpoint ``2**(bits-1)``.
+        spec: the recipe the codes were produced with.
+        mask: optional bool ``(rows, cols)``; False marks a pruned weight, which dequantizes
+            to exactly 0 whatever its code (an asymmetric grid need not contain 0 in general).
+    """
+
+    codes: torch.Tensor
+    scales: torch.Tensor
+    zeros: torch.Tensor
+    spec: QuantSpec
+    mask: torch.Tensor | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(rows, cols)`` of the quantized weight."""
+        return (int(self.codes.shape[0]), int(self.codes.shape[1]))
+
+    def _expand(self, params: torch.Tensor) -> torch.Tensor:
+        # Group parameters are stored once per group; repeat them so each column sees its own.
+        if self.spec.granularity == "group":
+            return params.repeat_interleave(self.spec.group_size, dim=1)
+        return params
+
+    def dequantize(self) -> torch.Tensor:
+        """The float32 weight ``scale * (code - zero)``, with pruned positions exactly 0."""
+        scale = self._expand(self.scales.float())
+        zero = self._expand(self.zeros.float())
+        w_hat = scale * (self.codes.float() - zero)
+        if self.mask is not None:
+            w_hat = torch.where(self.mask, w_hat, torch.zeros((), dtype=w_hat.dtype, device=w_hat.device))
+        return w_hat
+
+    @property
+    def n_scale_groups(self) -> int:
+        """Number of (scale, zero-point) pairs stored."""
+        return int(self.scales.numel())
+
+    def bits_per_weight(self, value_bits: int = 16, count_mask: bool = False) -> float:
+        """Storage cost per weight under the conventions of :mod:`jdna.quantization.accounting`.
+
+        ``count_mask`` adds one bit per weight for a dense pruning bitmap when a mask is present.
+        """
+        numel = self.codes.numel()
+        mask_bits = numel if (count_mask and self.mask is not None) else 0
+        return quantized_bits_per_weight(
+            numel,
+            self.spec.bits,
+            self.n_scale_groups,
+            self.spec.symmetric,
+            value_bits=value_bits,
+            mask_bits=mask_bits,
+        )
