@@ -31,8 +31,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from jdna.distributed import unwrap
 from jdna.errors import JdnaError
-from jdna.finetune.distributed import unwrap
 from jdna.models import ModelRef, head_of
 from jdna.tasks import Item, Task, format_answer, format_mc_prompt, format_prompt, subsample_train
 
