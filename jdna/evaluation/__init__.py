@@ -30,6 +30,7 @@ from jdna.evaluation.base import (
     EVALUATORS,
     KIND_KNOBS,
     KNOB_FLAGS,
+    KNOB_SETTINGS,
     LIMIT_MODES,
     SPLITS,
     TRANSFER_MODES,
@@ -164,14 +165,8 @@ def limited(items: list[Item], limit: int | float | None, mode: str, seed: int) 
 
 def _check_knobs(task: Task, config: EvalConfig) -> None:
     allowed = KIND_KNOBS[task.kind]
-    given = {
-        "shots": config.shots or None,
-        "options": config.options,
-        "context_tokens": config.context_tokens,
-        "context_fraction": config.context_fraction,
-        "train_fraction": config.train_fraction,
-        "train_examples": config.train_examples,
-    }
+    given = {setting: getattr(config, setting) for setting in KNOB_SETTINGS}
+    given["shots"] = config.shots or None  # 0 shots is the default, not a knob given
     for knob, value in given.items():
         if value is not None and knob not in allowed:
             takes = ", ".join(KNOB_FLAGS[k] for k in allowed) or "no difficulty knobs"
@@ -180,7 +175,7 @@ def _check_knobs(task: Task, config: EvalConfig) -> None:
                 f"drop {KNOB_FLAGS[knob]}"
             )
     if config.context_knob and not any(item.context for item in task.items + task.train_items):
-        flag = "--context-tokens" if config.context_tokens is not None else "--context-fraction"
+        flag = KNOB_FLAGS["context_tokens" if config.context_tokens is not None else "context_fraction"]
         raise JdnaError(f"{flag} needs context documents, but {config.task} has none: drop it")
 
 

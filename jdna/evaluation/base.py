@@ -8,6 +8,7 @@ that can be checked without a model is checked before any model is loaded.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,8 @@ from jdna.metrics import bootstrap_ci
 from jdna.models import ModelRef
 from jdna.progress import Reporter
 from jdna.registry import Registry
-from jdna.tasks import Item, Task, draw_shots
+from jdna.tasks import KIND_KNOBS as TASK_KIND_KNOBS
+from jdna.tasks import KNOB_SPECS, Item, Task, draw_shots, knob_flag, knob_of
 
 # Bumped whenever a change to prompting, scoring or metrics could change a result: part of every eval's
 # content address, so old records are not served as cache hits for a different protocol.
@@ -33,24 +35,6 @@ SPLITS = ("test", "train")
 LIMIT_MODES = ("sample", "first")
 TRANSFER_MODES = ("sparse", "dense", "freeze", "regrow")
 BOOTSTRAP_RESAMPLES = 1000
-
-# The knobs (EvalConfig field names) each task kind takes; any other knob given is an error.
-KIND_KNOBS: dict[str, tuple[str, ...]] = {
-    "multiple_choice": ("shots", "options"),
-    "generation": ("shots", "context_tokens", "context_fraction"),
-    "classification": ("train_fraction", "train_examples"),
-    "perplexity": (),
-}
-
-KNOB_FLAGS = {
-    "shots": "--shots",
-    "options": "--options",
-    "context_tokens": "--context-tokens",
-    "context_fraction": "--context-fraction",
-    "train_fraction": "--train-fraction",
-    "train_examples": "--train-examples",
-}
-
 
 @dataclass(frozen=True)
 class EvalConfig:
@@ -96,6 +80,19 @@ class EvalConfig:
             "split": self.split,
             "seed": self.seed,
         }
+
+
+# The knob settings, in EvalConfig's field order (the order knob errors are reported in); the knob vocabulary
+# is jdna.tasks' (`KNOB_SPECS`): a setting is at once an EvalConfig field, a record `knobs` key and a flag.
+KNOB_SETTINGS: tuple[str, ...] = tuple(
+    f.name for f in dataclasses.fields(EvalConfig) if any(f.name in knob.settings for knob in KNOB_SPECS)
+)
+# The settings each task kind takes (jdna.tasks.KIND_KNOBS); any other setting given is an error.
+KIND_KNOBS: dict[str, tuple[str, ...]] = {
+    kind: tuple(setting for setting in KNOB_SETTINGS if knob_of(setting).name in knobs)
+    for kind, knobs in TASK_KIND_KNOBS.items()
+}
+KNOB_FLAGS = {setting: knob_flag(setting) for setting in KNOB_SETTINGS}
 
 
 @dataclass

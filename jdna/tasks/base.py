@@ -35,10 +35,45 @@ DEFAULT_METRICS: dict[str, list[str]] = {
     "perplexity": ["perplexity"],
 }
 
-# Difficulty knobs (jdna.tasks.knobs): "options" = restrict_options, "shots" = draw_shots,
-# "context" = locate_window (eval flags --context-tokens N or --context-fraction F), "train_size" =
-# subsample_train (--train-examples N or --train-fraction F). One name per knob; each flag sets one knob.
-KNOBS = ("options", "shots", "context", "train_size")
+
+
+@dataclass(frozen=True)
+class Knob:
+    """A difficulty knob (jdna.tasks.knobs), the one vocabulary of tasks and evaluation: `name` is what a task
+    lists (`jdna tasks`), `settings` what sets it, each setting at once a field of
+    `jdna.evaluation.EvalConfig`, a key of the eval record's `knobs` and a flag (`knob_flag`). One name per
+    knob; each setting sets one knob."""
+
+    name: str
+    settings: tuple[str, ...]
+
+
+# "options" = restrict_options, "shots" = draw_shots, "context" = locate_window (a window of N tokens or a
+# fraction F of the evidence), "train_size" = subsample_train (N training examples or a fraction F of the pool).
+KNOB_SPECS: tuple[Knob, ...] = (
+    Knob("options", ("options",)),
+    Knob("shots", ("shots",)),
+    Knob("context", ("context_tokens", "context_fraction")),
+    Knob("train_size", ("train_fraction", "train_examples")),
+)
+KNOBS = tuple(knob.name for knob in KNOB_SPECS)
+# The knobs a task of each kind can take; a task lists those its items allow (`default_knobs`).
+KIND_KNOBS: dict[str, tuple[str, ...]] = {
+    "multiple_choice": ("options", "shots"),
+    "generation": ("shots", "context"),
+    "classification": ("train_size",),
+    "perplexity": (),
+}
+
+
+def knob_of(setting: str) -> Knob:
+    """The knob a setting (e.g. ``context_fraction``) sets."""
+    return next(knob for knob in KNOB_SPECS if setting in knob.settings)
+
+
+def knob_flag(setting: str) -> str:
+    """The command-line flag of a setting: ``context_tokens`` -> ``--context-tokens``."""
+    return "--" + setting.replace("_", "-")
 
 # Used when a source has no separate training split and the caller gives no fraction.
 DEFAULT_TRAIN_FRACTION = 0.2
