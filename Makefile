@@ -143,8 +143,11 @@ $(STAMP): pyproject.toml
 test: install
 	$(BIN)/python -m pytest
 
+# The import contracts (no cycle, no other module's _private name, the layers; scripts/check_imports.py) are a
+# test, so `make test` checks them too; `python scripts/check_imports.py` shows where each violation is.
 lint: install
-	$(BIN)/ruff check jdna commands tests bench
+	$(BIN)/ruff check jdna commands tests bench scripts
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_import_contracts.py
 
 data: $(BIGBENCH_STAMP)
 $(BIGBENCH_STAMP): | install
@@ -157,11 +160,14 @@ bench: install data
 	$(BIN)/python bench/bench_eval_vs_lmeval.py
 
 # Each experiment: records.jsonl (one stdout line per step, written atomically at the end), then the
-# difficulty table and a figure from it.
+# difficulty table and a figure from it, read along the experiment's axis option <experiment>_AXIS when it has
+# one (the default axis is inferred from the records).
+setting1_AXIS = $(S1_AXIS)
+setting3_AXIS = $(S3_AXIS)
 $(R)/%/difficulty.json: $(R)/%/records.jsonl
-	$(JDNA) difficulty $< -o $@ --force 2> >(tee $(R)/$*/table.txt >&2) >/dev/null
+	$(JDNA) difficulty $(strip $< $($*_AXIS)) -o $@ --force 2> >(tee $(R)/$*/table.txt >&2) >/dev/null
 $(R)/%/figure.png: $(R)/%/records.jsonl
-	$(JDNA) plot $< -o $@ --force >/dev/null
+	$(JDNA) plot $(strip $< $($*_AXIS)) -o $@ --force >/dev/null
 
 $(R)/setting1/records.jsonl: | install data
 	@mkdir -p $(@D); : > $@.tmp
@@ -172,10 +178,6 @@ $(R)/setting1/records.jsonl: | install data
 	      | $(LAUNCH) $(JDNA) finetune --task $(S1_TASK) --mode sparse $$train --seed $$seed $(S1_FLAGS) >> $@.tmp; \
 	  done; done; done
 	mv $@.tmp $@
-$(R)/setting1/difficulty.json: $(R)/setting1/records.jsonl
-	$(JDNA) difficulty $< $(S1_AXIS) -o $@ --force 2> >(tee $(R)/setting1/table.txt >&2) >/dev/null
-$(R)/setting1/figure.png: $(R)/setting1/records.jsonl
-	$(JDNA) plot $< $(S1_AXIS) -o $@ --force >/dev/null
 
 $(R)/setting2/records.jsonl: | install data
 	@mkdir -p $(@D); : > $@.tmp
@@ -199,10 +201,6 @@ $(R)/setting3/records.jsonl: | install data
 
 # The context axis is the share of the evidence document (shorter is harder).
 S3_AXIS ?= --axis context_fraction:harder=lower
-$(R)/setting3/difficulty.json: $(R)/setting3/records.jsonl
-	$(JDNA) difficulty $< $(S3_AXIS) -o $@ --force 2> >(tee $(R)/setting3/table.txt >&2) >/dev/null
-$(R)/setting3/figure.png: $(R)/setting3/records.jsonl
-	$(JDNA) plot $< $(S3_AXIS) -o $@ --force >/dev/null
 
 $(R)/setting4/records.jsonl: | install
 	@mkdir -p $(@D); : > $@.tmp

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import functools
 import importlib
+import importlib.util
 import os
 import sys
 import traceback
+from pathlib import Path
 from typing import Any
 
 import click
@@ -27,35 +31,45 @@ _EXIT = (click.exceptions.Exit, typer.Exit)
 _CLICK_ERRORS = (click.exceptions.ClickException, _typer_click.ClickException)
 _ABORT = (click.exceptions.Abort, typer.Abort)
 
-# Subcommands by name: (module under jdna.commands, function, one-line help). A module is imported only when
+# Subcommands by name: (module under jdna.commands, its function or Typer app). A module is imported only when
 # its command runs (or its own --help is asked for), so `jdna --help` and `--version` never import torch,
-# transformers or matplotlib. The one-line help must match the first line of the function's docstring (a test
-# checks it); that line is what `jdna --help` lists.
-COMMANDS: dict[str, tuple[str, str, str]] = {
-    "prune": ("prune", "prune", "Prune a model's transformer-block weight matrices and write a pruned artifact "
-              "(masks over the base)."),
-    "info": ("info", "info", "Describe an artifact or a model: lineage, parameters, achieved sparsity and bits "
-             "per weight."),
-    "export": ("export", "export", "Materialise a model (base + artifact chain) as an HF directory, with its jdna "
-               "lineage in jdna.json."),
-    "finetune": ("finetune", "finetune", "Fine-tune a (pruned) model on a task; check the mode's invariant; "
-                 "evaluate the validation items."),
-    "quantize": ("quantize", "quantize", "Quantize a model's transformer-block weight matrices and write a "
-                 "quantized artifact (packed codes)."),
-    "lowrank": ("lowrank", "lowrank", "Replace each transformer-block weight matrix W by U_r S_r V_rᵀ and write "
-                "a lowrank artifact (factors)."),
-    "difficulty": ("difficulty", "difficulty", "Normalised performance by task difficulty, and the Junk DNA "
-                   "hypothesis statistics per compression level."),
-    "plot": ("plot", "plot", "Draw one of the study's figures from result records (PNG/SVG/PDF, or a text chart "
-             "without -o)."),
-    "eval": ("eval", "eval_command", "Evaluate a model on a task (multiple choice, generation, perplexity, "
-             "classification) with difficulty knobs."),
-    "tasks": ("tasks", "tasks", "List the tasks jdna eval can run: a table on stderr, one JSON line {\"kind\": "
-              "\"tasks\", ...} on stdout."),
-    "lmc": ("lmc", "lmc", "Evaluate θ(α) = (1−α)θ_A + αθ_B on a grid and report loss, metric and the barrier "
-            "height."),
-    "runs": ("runs", "app", "List the runs under ./runs (or $JDNA_RUNS), or clean up what nothing references."),
+# transformers or matplotlib; the line each command shows in `jdna --help` is read from its function's docstring
+# in the module's source (short_help), so it is written once, where the command is.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "prune": ("prune", "prune"),
+    "info": ("info", "info"),
+    "export": ("export", "export"),
+    "finetune": ("finetune", "finetune"),
+    "quantize": ("quantize", "quantize"),
+    "lowrank": ("lowrank", "lowrank"),
+    "difficulty": ("difficulty", "difficulty"),
+    "plot": ("plot", "plot"),
+    "eval": ("eval", "eval_command"),
+    "tasks": ("tasks", "tasks"),
+    "lmc": ("lmc", "lmc"),
+    "runs": ("runs", "app"),
 }
+
+
+@functools.cache
+def short_help(name: str) -> str:
+    """The first line of subcommand `name`'s docstring, read from its source without importing it.
+
+    A command given as a Typer app (jdna runs) is described by its callback, the function named like the command.
+    """
+    module_name, attribute = COMMANDS[name]
+    spec = importlib.util.find_spec(f"jdna.commands.{module_name}")
+    source = Path(spec.origin) if spec and spec.origin else None
+    if source is None or source.suffix != ".py" or not source.is_file():  # no source shipped: ask the command
+        return (load_command(name).help or "").strip().splitlines()[0]
+    functions = {
+        node.name: node
+        for node in ast.parse(source.read_text(encoding="utf-8")).body
+        if isinstance(node, ast.FunctionDef)
+    }
+    function = functions.get(attribute) or functions[name]
+    return (ast.get_docstring(function) or "").strip().splitlines()[0]
+
 
 # Help text is plain text: task specs such as "bigbench:NAME[/SUBTASK]" are not rich markup.
 MARKUP_MODE: Any = None
@@ -63,7 +77,7 @@ MARKUP_MODE: Any = None
 
 def load_command(name: str) -> click.Command:
     """The click command of subcommand `name`, importing its module now."""
-    module_name, attribute, _ = COMMANDS[name]
+    module_name, attribute = COMMANDS[name]
     module = importlib.import_module(f"jdna.commands.{module_name}")
     target = getattr(module, attribute)
     if isinstance(target, typer.Typer):  # a command with subcommands of its own (jdna runs gc)
@@ -93,7 +107,7 @@ class LazyGroup(TyperGroup):
                 self._loaded[cmd_name] = load_command(cmd_name)
             return self._loaded[cmd_name]
         # Listing (the root --help, completing a subcommand name): the name and its line of help suffice.
-        short = COMMANDS[cmd_name][2]
+        short = short_help(cmd_name)
         return TyperCommand(cmd_name, help=short, short_help=short)
 
     def resolve_command(

@@ -48,13 +48,11 @@ def make_tokenizer(directory: Path):
     return tokenizer, len(vocab)
 
 
-def build_tiny_llama(directory: Path, seed: int = 0) -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM
+def tiny_llama_config(tokenizer, vocab_size: int):
+    """The tiny Llama's configuration (2 blocks, hidden size 32, grouped-query attention)."""
+    from transformers import LlamaConfig
 
-    directory.mkdir(parents=True, exist_ok=True)
-    tokenizer, vocab_size = make_tokenizer(directory)
-    torch.manual_seed(seed)
-    config = LlamaConfig(
+    return LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=32,
         intermediate_size=64,
@@ -67,7 +65,15 @@ def build_tiny_llama(directory: Path, seed: int = 0) -> Path:
         eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=False,
     )
-    model = LlamaForCausalLM(config)
+
+
+def build_tiny_llama(directory: Path, seed: int = 0) -> Path:
+    from transformers import LlamaForCausalLM
+
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer, vocab_size = make_tokenizer(directory)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(tiny_llama_config(tokenizer, vocab_size))
     model.save_pretrained(directory, safe_serialization=True)
     return directory
 
