@@ -25,16 +25,8 @@ KNOWN_VIOLATIONS = {
     "cycle: jdna.appliers, jdna.calibration, jdna.compressed_tensors_export, jdna.exporting, jdna.finetune_applier, "
     "jdna.model_files, jdna.models, jdna.prunable, jdna.pruning.base, jdna.pruning.engine, jdna.pruning.sparsegpt, "
     "jdna.pruning.wanda, jdna.quantization.appliers, jdna.sparsity",
-    "cycle: jdna.evaluation, jdna.evaluation.classification, jdna.finetune",
-    "private: jdna.finetune.lm uses jdna.scoring._encode",
-    "private: jdna.finetune.lm uses jdna.scoring._encode_choice_requests",
-    "private: jdna.finetune.lm uses jdna.scoring._prefix_token_id",
-    "private: jdna.finetune.lm uses jdna.scoring._split_whole",
     "private: jdna.model_files uses jdna.demo._convert_gguf",
     "private: jdna.model_files uses jdna.models._base_from_dir",
-    "layer: jdna.evaluation imports jdna.finetune.distributed",
-    "layer: jdna.evaluation.classification imports jdna.finetune",
-    "layer: jdna.evaluation.multiple_choice imports jdna.finetune.multiple_choice",
 }
 
 
