@@ -21,7 +21,8 @@ from jdna.commands.common import (
     placement_for,
 )
 from jdna.models import resolve
-from jdna.quantization.run import LowRankConfig, plan_lowrank, run_lowrank
+from jdna.quantization.lowrank_step import run_lowrank
+from jdna.quantization.run import LowRankConfig, plan_lowrank
 
 
 def lowrank(

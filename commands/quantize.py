@@ -21,7 +21,8 @@ from jdna.commands.common import (
     placement_for,
 )
 from jdna.models import resolve
-from jdna.quantization.run import QUANT_METHODS, QuantizeConfig, plan_quantize, run_quantize
+from jdna.quantization.quantize_step import run_quantize
+from jdna.quantization.run import QUANT_METHODS, QuantizeConfig, plan_quantize
 
 
 def quantize(

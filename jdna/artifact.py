@@ -15,26 +15,27 @@ import math
 import os
 import platform
 import random
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from jdna import __version__
-from jdna.errors import JdnaError
+from jdna.bitmask import pack_mask, unpack_mask
+from jdna.errors import JdnaError, nearest
 from jdna.io import canonical_json, sha256_file, sha256_text
+from jdna.kinds import KINDS
+from jdna.kinds.base import dims
 from jdna.outputs import Claim, claim_output, unguarded
 from jdna.paths import runs_dir
 
 FORMAT_NAME = "jdna-artifact"
 FORMAT_VERSION = 1
 METADATA_KEY = "jdna"
-ARTIFACT_KINDS = ("pruned", "quantized", "lowrank", "finetuned")
 
 
 @dataclass
@@ -218,8 +219,12 @@ def read_artifact(path: Path, verify: bool = False) -> Artifact:
         missing_name = key == "base" and "name" not in reference
         if missing_name or not all(isinstance(reference.get(f, ""), str) for f in fields):
             raise JdnaError(f"'{path}' has a malformed jdna header ('{key}' reference): recreate it")
-    if header["kind"] not in ARTIFACT_KINDS:
-        raise JdnaError(f"'{path}' has an unknown artifact kind {str(header['kind'])[:40]!r}: recreate it")
+    if header["kind"] not in KINDS:
+        suggestion = nearest(header["kind"], KINDS.names())
+        hint = f" (did you mean '{suggestion}'?)" if suggestion else f" (known: {', '.join(KINDS.names())})"
+        raise JdnaError(
+            f"'{path}' has an unknown artifact kind {str(header['kind'])[:40]!r}{hint}: recreate it"
+        )
     with safe_open(str(path), framework="pt") as handle:
         names = list(handle.keys())
         layout = {name: (handle.get_slice(name).get_dtype(), list(handle.get_slice(name).get_shape()))
@@ -240,41 +245,24 @@ def read_artifact(path: Path, verify: bool = False) -> Artifact:
 
 # --- the header must describe the tensors it sits on ---------------------------------------------------
 
-# Tensor name prefixes each kind may hold, and the header table whose entries they belong to.
-_KIND_PREFIXES = {
-    "pruned": ("mask.", "weight."),
-    "quantized": ("codes.", "scales.", "zeros.", "mask."),
-    "lowrank": ("left.", "right."),
-    "finetuned": ("weight.", "mask."),
-}
-_MAX_DIM = 1 << 40
-
-
-def _dims(value: Any) -> list[int] | None:
-    if not isinstance(value, list) or len(value) > 8:
-        return None
-    if not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < _MAX_DIM for d in value):
-        return None
-    return value
-
 
 def check_layout(path: Path, header: dict[str, Any], layout: dict[str, tuple[str, list[int]]]) -> None:
     """Refuse a header that does not describe its tensors, before any tensor is read or allocated.
 
     Declared masks must exist as uint8 streams of exactly the packed size their shape needs (a shape that
-    asks for 931 GiB fails here, not in an allocation), quantized and low-rank entries must have their
-    codes/scales or factors with matching sizes, and the tensors must be ones the kind produces.
+    asks for 931 GiB fails here, not in an allocation), the tensors must be ones the kind produces, and the
+    kind's own check (:class:`jdna.kinds.ArtifactKind` ``check_layout``: quantized codes and scales, low-rank
+    factors with matching sizes...) must pass.
     """
-    kind = header["kind"]
+    kind = KINDS.get(header["kind"])
 
     def bad(reason: str) -> JdnaError:
         return JdnaError(f"'{path}' has a header that does not match its tensors ({reason}): recreate it")
 
-    prefixes = _KIND_PREFIXES[kind]
     for name in layout:
-        if not name.startswith(prefixes):
-            raise bad(f"a {kind} artifact does not hold a tensor like '{name[:60]}'")
-    masks = header.get("masks", {} if kind != "pruned" else None)
+        if not name.startswith(kind.tensor_prefixes):
+            raise bad(f"a {kind.name} artifact does not hold a tensor like '{name[:60]}'")
+    masks = header.get("masks", None if kind.masks_table_required else {})
     if not isinstance(masks, dict):
         raise bad("'masks' is missing or not a table")
     mask_tensors = {name[5:] for name in layout if name.startswith("mask.")}
@@ -282,62 +270,15 @@ def check_layout(path: Path, header: dict[str, Any], layout: dict[str, tuple[str
         extra = sorted(set(masks) - mask_tensors) or sorted(mask_tensors - set(masks))
         raise bad(f"mask '{extra[0][:60]}' is declared but not stored, or stored but not declared")
     for name, shape in masks.items():
-        dims = _dims(shape)
-        if dims is None:
+        shape_dims = dims(shape)
+        if shape_dims is None:
             raise bad(f"mask '{name[:60]}' has an invalid shape")
         dtype, stored = layout[f"mask.{name}"]
-        needed = (math.prod(dims) + 7) // 8
+        needed = (math.prod(shape_dims) + 7) // 8
         if dtype != "U8" or len(stored) != 1 or stored[0] != needed:
-            raise bad(f"mask '{name[:60]}' declares shape {dims} but stores {stored} {dtype}")
-    if kind == "quantized":
-        _check_quantized(header, layout, bad)
-    elif kind == "lowrank":
-        _check_lowrank(header, layout, bad)
-    elif kind == "finetuned" and not any(name.startswith("weight.") for name in layout):
-        raise bad("a finetuned artifact without weights")
-
-
-def _check_quantized(header: dict[str, Any], layout: dict[str, tuple[str, list[int]]], bad: Any) -> None:
-    from jdna.quantization.packing import packed_nbytes
-
-    entries = header.get("quant")
-    if not isinstance(entries, dict) or not entries:
-        raise bad("a quantized artifact without 'quant' entries")
-    for name, entry in entries.items():
-        dims = _dims(entry.get("shape")) if isinstance(entry, dict) else None
-        bits = entry.get("bits") if isinstance(entry, dict) else None
-        if dims is None or len(dims) != 2 or not isinstance(bits, int) or not 2 <= bits <= 8:
-            raise bad(f"quant entry '{name[:60]}' is malformed")
-        if f"codes.{name}" not in layout or f"scales.{name}" not in layout:
-            raise bad(f"quant entry '{name[:60]}' has no codes or scales")
-        dtype, stored = layout[f"codes.{name}"]
-        if dtype != "U8" or math.prod(stored) != packed_nbytes(dims[0] * dims[1], bits):
-            raise bad(f"the codes of '{name[:60]}' do not fit its shape {dims} at {bits} bits")
-        if name in header.get("masks", {}) and header["masks"][name] != dims:
-            raise bad(f"the mask of '{name[:60]}' has another shape than its codes")
-    for name in layout:
-        table = name.split(".", 1)
-        if table[0] in ("codes", "scales", "zeros") and table[1] not in entries:
-            raise bad(f"tensor '{name[:60]}' has no quant entry")
-
-
-def _check_lowrank(header: dict[str, Any], layout: dict[str, tuple[str, list[int]]], bad: Any) -> None:
-    entries = header.get("lowrank")
-    if not isinstance(entries, dict) or not entries:
-        raise bad("a lowrank artifact without 'lowrank' entries")
-    for name, entry in entries.items():
-        dims = _dims(entry.get("shape")) if isinstance(entry, dict) else None
-        if dims is None or len(dims) != 2:
-            raise bad(f"lowrank entry '{name[:60]}' is malformed")
-        left, right = layout.get(f"left.{name}"), layout.get(f"right.{name}")
-        if left is None or right is None:
-            raise bad(f"lowrank entry '{name[:60]}' has no factors")
-        if len(left[1]) != 2 or len(right[1]) != 2 or left[1][0] != dims[0] or right[1][1] != dims[1] \
-                or left[1][1] != right[1][0]:
-            raise bad(f"the factors of '{name[:60]}' do not multiply to its shape {dims}")
-    for name in layout:
-        if name.split(".", 1)[1] not in entries:
-            raise bad(f"tensor '{name[:60]}' has no lowrank entry")
+            raise bad(f"mask '{name[:60]}' declares shape {shape_dims} but stores {stored} {dtype}")
+    if kind.check_layout is not None:
+        kind.check_layout(header, layout, bad)
 
 
 # --- verifying a cache hit -----------------------------------------------------------------------------
@@ -429,25 +370,21 @@ def artifact_chain(artifact: Artifact) -> list[Artifact]:
     return list(reversed(chain))
 
 
-def pack_mask(keep: torch.Tensor) -> torch.Tensor:
-    """Bit-pack a boolean mask (little-endian bit order) into uint8."""
-    flat = keep.detach().reshape(-1).cpu().numpy()
-    return torch.from_numpy(np.packbits(flat if flat.dtype == np.bool_ else flat.astype(bool), bitorder="little"))
-
-
-def unpack_mask(packed: torch.Tensor, shape: tuple[int, ...] | list[int]) -> torch.Tensor:
-    numel = int(np.prod(shape)) if len(shape) else 1
-    bits = np.unpackbits(packed.numpy(), count=numel, bitorder="little")
-    return torch.from_numpy(bits.view(np.bool_)).reshape(tuple(shape))
-
-
-def cached_artifact(path: Path, identity: str, explicit: bool, force: bool, reporter: Any = None) -> Artifact | None:
+def cached_artifact(
+    path: Path,
+    identity: str,
+    explicit: bool,
+    force: bool,
+    reporter: Any = None,
+    reusable: Callable[[Artifact], bool] | None = None,
+) -> Artifact | None:
     """The artifact already at `path` if it is readable, has the content address `identity` and its tensors
     still match their recorded hashes.
 
     Every artifact-producing step calls this before doing work: a hit makes re-running a step free. An
     unreadable or corrupt file at a content-addressed path (not one the user named) is reported and then
-    recomputed; one the user named needs --force (see `claim_artifact_output`).
+    recomputed; one the user named needs --force (see `claim_artifact_output`). `reusable` adds the step's
+    own condition: an artifact it rejects is recomputed, without a line.
     """
     if force or not Path(path).is_file():
         return None
@@ -457,6 +394,8 @@ def cached_artifact(path: Path, identity: str, explicit: bool, force: bool, repo
         existing = None
     if existing is not None and existing.id == identity:
         if verify_for_reuse(existing):
+            if reusable is not None and not reusable(existing):
+                return None
             if reporter is not None:
                 reporter.log(f"cache hit: {path}")
             return existing

@@ -23,11 +23,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from jdna.artifact import Artifact, unpack_mask
+from jdna.artifact import Artifact
+from jdna.bitmask import unpack_mask
 from jdna.errors import JdnaError
+from jdna.kinds.quantized import spec_of
 from jdna.models import ModelRef, canonical_name
 from jdna.progress import Reporter
-from jdna.quantization.appliers import spec_of
 from jdna.quantization.packing import unpack_codes
 
 _STRATEGIES = {"tensor": "tensor", "channel": "channel", "group": "group"}

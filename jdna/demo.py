@@ -75,11 +75,11 @@ def demo_model_dir(name: str) -> Path:
     cache = jdna_home() / "models" / f"{name}-{demo.sha256[:12]}"
     if (cache / "model.safetensors").is_file():
         return cache
-    _convert_gguf(source, cache)
+    convert_gguf(source, cache)
     return cache
 
 
-def _convert_gguf(gguf_path: Path, target: Path) -> None:
+def convert_gguf(gguf_path: Path, target: Path) -> None:
     """Dequantize a GGUF checkpoint to fp32 safetensors, atomically (temp dir + rename)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -19,14 +19,13 @@ from typing import Any
 from torch import nn
 
 from jdna.errors import JdnaError
+from jdna.model_files import CONFIG_KEY, EXPORT_FORMAT_NAME, EXPORT_METADATA_FILE
+from jdna.model_files import read_export_metadata as read_export_metadata  # re-exported (moved there)
 from jdna.models import ModelRef, load_model
 from jdna.outputs import dir_mode
 from jdna.progress import Reporter
 from jdna.registry import Registry
 
-EXPORT_METADATA_FILE = "jdna.json"
-CONFIG_KEY = "jdna"
-EXPORT_FORMAT_NAME = "jdna-export"
 EXPORT_FORMAT_VERSION = 1
 
 # sentence-transformers keeps its pipeline (module list, pooling, normalisation) beside the transformer weights.
@@ -134,21 +133,6 @@ def _config_entry(metadata: dict[str, Any]) -> dict[str, Any]:
         for step in metadata["lineage"]
     ]
     return entry
-
-
-def read_export_metadata(directory: Path) -> dict[str, Any] | None:
-    """jdna.json of an export directory, or the ``jdna`` entry of its config.json; None for other directories."""
-    for path, pick in ((directory / EXPORT_METADATA_FILE, lambda d: d), (directory / "config.json",
-                                                                        lambda d: d.get(CONFIG_KEY))):
-        if not path.is_file():
-            continue
-        try:
-            data = pick(json.loads(path.read_text()))
-        except (json.JSONDecodeError, AttributeError, OSError):
-            continue
-        if isinstance(data, dict) and data.get("format") == EXPORT_FORMAT_NAME:
-            return data
-    return None
 
 
 def directory_size(directory: Path) -> int:

@@ -8,8 +8,10 @@ Per matrix, the newest step in the chain that touched it decides:
   fine-tune storing ``weight.<name>``) ends any older mask: its values are dense now;
 - steps that did not touch it leave the older decision in force.
 
-quantize (which masks to carry), finetune (which masks sparse/freeze enforce), info and the records all use
-:func:`effective_masks`, so no command can re-apply a mask that a later dense rewrite ended.
+Which matrices a step touched and which of them it stores a mask for is the step's kind's declaration
+(:class:`jdna.kinds.ArtifactKind` ``touched`` and ``masked``), so a new kind changes this rule by declaring,
+not by editing it. quantize (which masks to carry), finetune (which masks sparse/freeze enforce), info and the
+records all use :func:`effective_masks`, so no command can re-apply a mask that a later dense rewrite ended.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from collections.abc import Sequence
 
 import torch
 
-from jdna.artifact import Artifact, unpack_mask
+from jdna.artifact import Artifact
+from jdna.bitmask import unpack_mask
+from jdna.kinds import kind_of
 
 
 def stored_masks(artifact: Artifact) -> dict[str, torch.Tensor]:
@@ -29,17 +33,19 @@ def stored_masks(artifact: Artifact) -> dict[str, torch.Tensor]:
 
 def touched_matrices(artifact: Artifact) -> set[str]:
     """Canonical names of the parameters an artifact sets: masked, rewritten, quantized or factorized."""
-    names = {tensor.split(".", 1)[1] for tensor in artifact.tensor_names if tensor.startswith(("mask.", "weight."))}
-    names.update(artifact.header.get("quant", {}))
-    names.update(artifact.header.get("lowrank", {}))
-    return names
+    return kind_of(artifact).touched(artifact)
+
+
+def masked_matrices(artifact: Artifact) -> set[str]:
+    """Canonical names of the parameters whose keep-mask an artifact stores (they obey it after the step)."""
+    return kind_of(artifact).masked(artifact)
 
 
 def mask_owners(chain: Sequence[Artifact]) -> dict[str, Artifact | None]:
     """For every matrix some step touched: the artifact whose mask holds for it, or None (a dense rewrite)."""
     owners: dict[str, Artifact | None] = {}
     for artifact in reversed(chain):
-        masked = {tensor.split(".", 1)[1] for tensor in artifact.tensor_names if tensor.startswith("mask.")}
+        masked = masked_matrices(artifact)
         for name in touched_matrices(artifact):
             owners.setdefault(name, artifact if name in masked else None)
     return owners
@@ -62,12 +68,7 @@ def effective_masks(chain: Sequence[Artifact]) -> dict[str, torch.Tensor]:
 def ended_by(chain: Sequence[Artifact]) -> Artifact | None:
     """The newest artifact that ended a mask an older step set (a dense rewrite of a pruned matrix), if any."""
     owners = mask_owners(chain)
-    masked_once = {
-        tensor.split(".", 1)[1]
-        for artifact in chain
-        for tensor in artifact.tensor_names
-        if tensor.startswith("mask.")
-    }
+    masked_once = {name for artifact in chain for name in masked_matrices(artifact)}
     for artifact in reversed(chain):
         if any(owners.get(name) is None and name in masked_once for name in touched_matrices(artifact)):
             return artifact

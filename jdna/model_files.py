@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
+from jdna import demo
 from jdna.errors import JdnaError
 from jdna.io import sha256_file
 from jdna.paths import jdna_home
 
-if TYPE_CHECKING:
-    from jdna.models import BaseModel
-
 GGUF_MAGIC = b"GGUF"
+# A jdna export's metadata (docs/artifacts.md, "Exports"): read here, where every MODEL directory is looked at,
+# so that resolving a model does not need the exporter.
+EXPORT_METADATA_FILE = "jdna.json"
+CONFIG_KEY = "jdna"
+EXPORT_FORMAT_NAME = "jdna-export"
 
 
 def is_gguf_file(path: Path) -> bool:
@@ -33,15 +36,12 @@ def gguf_cache_dir(path: Path) -> Path:
     return jdna_home() / "models" / f"gguf-{sha256_file(path)[:16]}"
 
 
-def gguf_base(path: Path, allow_pickle: bool = False) -> BaseModel:
-    """The base model a GGUF file holds, converted to a safetensors directory on first use."""
-    from jdna.demo import _convert_gguf
-    from jdna.models import _base_from_dir
-
+def gguf_directory(path: Path) -> Path:
+    """The safetensors directory a GGUF file converts to, converting it on first use."""
     cache = gguf_cache_dir(path)
     if not (cache / "model.safetensors").is_file():
         try:
-            _convert_gguf(path.resolve(), cache)
+            demo.convert_gguf(path.resolve(), cache)
         except Exception as error:  # the GGUF reader raises many types for files it cannot read
             reason = (str(error).splitlines() or [type(error).__name__])[0][:200]
             raise JdnaError(
@@ -49,8 +49,22 @@ def gguf_base(path: Path, allow_pickle: bool = False) -> BaseModel:
                 "GGUF for a fixed set of architectures and quantization types: convert it to a Hugging Face "
                 "directory with the tool that made it, and pass that directory"
             ) from None
-    base = _base_from_dir(str(path.resolve()), "gguf", cache, allow_pickle)
-    return base
+    return cache
+
+
+def read_export_metadata(directory: Path) -> dict[str, Any] | None:
+    """jdna.json of an export directory, or the ``jdna`` entry of its config.json; None for other directories."""
+    for path, pick in ((directory / EXPORT_METADATA_FILE, lambda d: d), (directory / "config.json",
+                                                                        lambda d: d.get(CONFIG_KEY))):
+        if not path.is_file():
+            continue
+        try:
+            data = pick(json.loads(path.read_text()))
+        except (json.JSONDecodeError, AttributeError, OSError):
+            continue
+        if isinstance(data, dict) and data.get("format") == EXPORT_FORMAT_NAME:
+            return data
+    return None
 
 
 def not_a_model_error(path: Path) -> JdnaError | None:

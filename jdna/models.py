@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,12 @@ from jdna.artifact import Artifact, artifact_chain, read_artifact
 from jdna.demo import DEMO_MODELS, demo_model_dir
 from jdna.errors import JdnaError
 from jdna.io import sha256_file
+from jdna.kinds import KINDS, kind_of
+from jdna.model_files import gguf_directory, is_gguf_file, not_a_model_error, read_export_metadata
+
+# Re-exported: callers name the model layer for canonical names (jdna.naming holds them, below the kinds).
+from jdna.naming import canonical_name as canonical_name
+from jdna.naming import canonical_parameters as canonical_parameters
 
 _PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model-*.bin")
 
@@ -91,7 +96,7 @@ class ModelRef:
         for artifact in self.chain:
             stats = artifact.header.get("stats", {})
             op = artifact.header["operation"]
-            if artifact.kind in ("pruned", "quantized", "lowrank"):
+            if kind_of(artifact).compresses:
                 summary = {
                     "kind": artifact.kind,
                     "method": op.get("params", {}).get("method", artifact.kind),
@@ -136,7 +141,8 @@ def model_family(config: dict[str, Any]) -> str:
     return "encoder"
 
 
-def _base_from_dir(name: str, source: str, directory: Path, allow_pickle: bool) -> BaseModel:
+def base_from_dir(name: str, source: str, directory: Path, allow_pickle: bool) -> BaseModel:
+    """The base model a Hugging Face directory holds, identified by its weights' sha256."""
     config_path = directory / "config.json"
     if not config_path.is_file():
         raise JdnaError(f"'{directory}' is not a Hugging Face model directory (no config.json)")
@@ -186,16 +192,14 @@ def resolve_base(name: str, allow_pickle: bool = False) -> BaseModel:
     """Resolve a non-artifact model name: local directory, demo name, or hub id."""
     path = Path(os.path.expanduser(name))  # unlike Path.expanduser, never raises
     if path.is_dir():
-        return _base_from_dir(str(path), "local", path, allow_pickle)
-    from jdna.model_files import gguf_base, is_gguf_file
-
+        return base_from_dir(str(path), "local", path, allow_pickle)
     if path.is_file() and is_gguf_file(path):
-        return gguf_base(path, allow_pickle)
+        return base_from_dir(str(path.resolve()), "gguf", gguf_directory(path), allow_pickle)
     if name in DEMO_MODELS:
-        return _base_from_dir(name, "demo", demo_model_dir(name), allow_pickle)
+        return base_from_dir(name, "demo", demo_model_dir(name), allow_pickle)
     if _looks_like_path(name):
         raise JdnaError(f"model not found: '{name}' does not exist")
-    return _base_from_dir(name, "hub", _hub_snapshot(name, allow_pickle), allow_pickle)
+    return base_from_dir(name, "hub", _hub_snapshot(name, allow_pickle), allow_pickle)
 
 
 def _base_from_reference(reference: dict[str, Any], artifact_path: Path, allow_pickle: bool) -> BaseModel:
@@ -206,7 +210,7 @@ def _base_from_reference(reference: dict[str, Any], artifact_path: Path, allow_p
         directory = Path(reference.get("path", ""))
         if not directory.is_dir():
             raise JdnaError(f"base model directory '{directory}' of '{artifact_path}' is missing: restore it")
-        base = _base_from_dir(reference["name"], "local", directory, allow_pickle)
+        base = base_from_dir(reference["name"], "local", directory, allow_pickle)
     else:
         base = resolve_base(reference["name"], allow_pickle)
     if base.sha256 != reference.get("sha256"):
@@ -222,8 +226,6 @@ def resolve(spec: str, allow_pickle: bool = False) -> ModelRef:
     if not spec:
         raise JdnaError("no model given: pass a MODEL (path, HF id or demo name) or pipe a jdna record")
     path = Path(os.path.expanduser(spec))
-    from jdna.model_files import is_gguf_file, not_a_model_error
-
     if path.is_file() and not is_gguf_file(path):
         try:
             artifact = read_artifact(path)
@@ -238,8 +240,6 @@ def resolve(spec: str, allow_pickle: bool = False) -> ModelRef:
     if path.exists() and not path.is_dir() and not path.is_file():  # a FIFO, socket or device: never a hub id
         raise JdnaError(f"model '{spec}' is not a regular file or a model directory")
     base = resolve_base(spec, allow_pickle)
-    from jdna.exporting import read_export_metadata  # here: jdna.exporting imports this module
-
     exported = read_export_metadata(base.path)
     return ModelRef(base=base, dense_parent=(exported or {}).get("dense_parent"))
 
@@ -251,42 +251,11 @@ def default_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def canonical_name(model: nn.Module, name: str) -> str:
-    """A parameter name without the task-head wrapper's prefix, so names agree across model classes."""
-    prefix = getattr(model, "base_model_prefix", "")
-    if prefix and name.startswith(prefix + "."):
-        return name[len(prefix) + 1 :]
-    return name
-
-
-def canonical_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
-    return {canonical_name(model, name): param for name, param in model.named_parameters()}
-
-
-Applier = Callable[[nn.Module, Artifact], None]
-_APPLIERS: dict[str, Applier] = {}
-
-
-def register_applier(kind: str) -> Callable[[Applier], Applier]:
-    """Register how an artifact kind changes a loaded model (masks, new weights, dequantized codes...)."""
-
-    def decorator(function: Applier) -> Applier:
-        _APPLIERS[kind] = function
-        return function
-
-    return decorator
-
-
-def _load_appliers() -> None:
-    # Importing these modules registers their appliers; done lazily to keep start-up light.
-    import jdna.appliers  # noqa: F401
-
-
 def apply_artifact(model: nn.Module, artifact: Artifact) -> None:
-    _load_appliers()
-    if artifact.kind not in _APPLIERS:
+    """Change `model` as the artifact's kind declares (jdna.kinds): masks, new weights, dequantized codes..."""
+    if artifact.kind not in KINDS:
         raise JdnaError(f"artifact '{artifact.path}' has kind '{artifact.kind}', which this jdna cannot load")
-    _APPLIERS[artifact.kind](model, artifact)
+    kind_of(artifact).apply(model, artifact)
 
 
 def head_of(ref: ModelRef) -> dict[str, Any] | None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from jdna.errors import JdnaError
-from jdna.models import canonical_name
+from jdna.naming import canonical_name
 
 
 @dataclass

@@ -46,7 +46,7 @@ def test_a_gguf_file_is_converted_once_and_cached(
         conversions.append(gguf_path)
         shutil.copytree(tiny_llama, target)
 
-    monkeypatch.setattr(jdna.demo, "_convert_gguf", convert)
+    monkeypatch.setattr(jdna.demo, "convert_gguf", convert)
     gguf = tmp_path / "tiny.gguf"
     gguf.write_bytes(b"GGUF" + bytes(60))
     first = run("info", str(gguf))

@@ -1,37 +1,26 @@
-"""The quantize and lowrank steps: validation, compressing a loaded model, and writing the artifact.
+"""Quantization and low-rank factorization of a loaded model: configurations, validation, the work, statistics.
 
 ``jdna quantize`` quantizes the prunable matrices (same set and ``--include``/``--exclude`` rules as prune)
 with round-to-nearest or GPTQ; GPTQ is calibrated one transformer block at a time with the same
 :class:`~jdna.calibration.LayerwiseRunner` SparseGPT uses, so each block's Hessians are measured on the
 outputs of the already-quantized earlier blocks. ``jdna lowrank`` replaces each matrix by its truncated SVD.
 
-Both write artifacts in the layout of docs/artifacts.md and place them on the bits-per-weight axis with
-:mod:`jdna.quantization.accounting`, counting exactly what is stored: packed codes, float16 scales, packed
-zero-points (asymmetric grids only), a 1-bit-per-weight mask when one is carried, float16 factors.
+The steps that load a model, run these and write the artifacts are :mod:`jdna.quantization.quantize_step` and
+:mod:`jdna.quantization.lowrank_step` (both on :mod:`jdna.steps`). The statistics place the results on the
+bits-per-weight axis with :mod:`jdna.quantization.accounting`, counting exactly what is stored: packed codes,
+float16 scales, packed zero-points (asymmetric grids only), a 1-bit-per-weight mask when one is carried,
+float16 factors.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from jdna.artifact import (
-    Artifact,
-    artifact_id,
-    cached_artifact,
-    claim_artifact_output,
-    default_output_path,
-    pack_mask,
-    parent_reference,
-    read_artifact,
-    write_artifact,
-)
 from jdna.calibration import (
     HessianAccumulator,
     LayerwiseRunner,
@@ -42,10 +31,8 @@ from jdna.calibration import (
     read_calibration_text,
 )
 from jdna.errors import JdnaError, check_seed, unknown_name_error
-from jdna.masks import effective_masks
-from jdna.models import ModelRef, load_model
-from jdna.outputs import model_inputs
-from jdna.placement import Placement, resolve_placement
+from jdna.kinds.lowrank import reconstruct_lowrank
+from jdna.kinds.quantized import decode_quantized
 from jdna.progress import Reporter
 from jdna.prunable import PrunableMatrix, prunable_matrices
 from jdna.quantization.accounting import (
@@ -55,7 +42,6 @@ from jdna.quantization.accounting import (
     lowrank_bits_per_weight,
     quantized_bits_per_weight,
 )
-from jdna.quantization.appliers import decode_quantized, reconstruct_lowrank
 from jdna.quantization.gptq import gptq_quantize
 from jdna.quantization.lowrank import low_rank, rank_for_bits_per_weight
 from jdna.quantization.packing import pack_codes
@@ -171,19 +157,6 @@ def plan_quantize(config: QuantizeConfig) -> QuantizePlan:
         symmetric=config.symmetric,
     )
     return QuantizePlan(method=config.method, spec=spec, config=config)
-
-
-# --- quantize: the parent's masks ----------------------------------------------------------------------
-
-
-def inherited_masks(ref: ModelRef) -> dict[str, torch.Tensor]:
-    """Keep-masks the model `ref` names still obeys, keyed by canonical parameter name.
-
-    The one rule of :func:`jdna.masks.effective_masks`: per matrix, the newest step that touched it decides.
-    :func:`quantize_model` also checks the weights really are zero where the mask says pruned, so a step of an
-    unknown kind cannot smuggle a stale mask in.
-    """
-    return effective_masks(ref.chain)
 
 
 # --- quantize: the work --------------------------------------------------------------------------------
@@ -414,100 +387,6 @@ def set_relative_error(terms: Any) -> float:
     return relative_error((sum(d for d, _ in pairs), sum(n for _, n in pairs)))
 
 
-# --- shared: caching and writing -----------------------------------------------------------------------
-
-
-def record_of(artifact: Artifact, cached: bool) -> dict[str, Any]:
-    """The stdout record: prune's record plus the fields that identify a quantization or factorization."""
-    from jdna.pruning import artifact_record
-
-    record = artifact_record(artifact, cached)
-    params = artifact.header["operation"].get("params", {})
-    stats = artifact.header.get("stats", {})
-    for key in ("group_size", "symmetric", "energy"):
-        if key in params:
-            record[key] = params[key]
-    for key in ("relative_error", "mean_rank_ratio"):
-        if key in stats:
-            record[key] = stats[key]
-    return record
-
-
-def run_quantize(
-    ref: ModelRef,
-    config: QuantizeConfig,
-    output: Path | None = None,
-    reporter: Reporter | None = None,
-    force: bool = False,
-    placement: Placement | None = None,
-) -> dict[str, Any]:
-    """Quantize the model `ref` names and write a quantized artifact; returns its record.
-
-    `placement` as in `jdna.pruning.run_prune` (default: the CPU, in the checkpoint's dtype).
-    """
-    reporter = reporter or Reporter()
-    plan = plan_quantize(config)
-    placement = placement or resolve_placement("cpu", "auto", ref.base.config)
-    params = plan.params()
-    compute = placement.id_params(device_matters=plan.needs_calibration)
-    if compute:
-        params["compute"] = compute
-    identity = artifact_id(ref.identity, "quantize", params)
-    path = Path(output) if output else default_output_path("quantized", identity)
-    existing = cached_artifact(path, identity, output is not None, force, reporter)
-    if existing is not None:
-        return record_of(existing, cached=True)
-    claim = claim_artifact_output(path, identity, output is not None, force, model_inputs(ref))
-    started = time.perf_counter()
-    calibrated = plan.needs_calibration
-    model, tokenizer = load_model(
-        ref, device=None if calibrated else placement.device, dtype=placement.dtype, device_map=placement.device_map
-    )
-    # Checked before the first log line, so bad input still fails with exactly one line on stderr.
-    check_matrices(model, plan)
-    spec = plan.spec
-    group = f", group {spec.group_size}" if spec.granularity == "group" else ""
-    reporter.log(
-        f"loaded {ref.display_name}; quantizing with {plan.method}: {spec.bits} bits, {spec.granularity}{group}, "
-        f"{'symmetric' if spec.symmetric else 'asymmetric'}"
-    )
-    outcome = quantize_model(
-        model, tokenizer, plan, reporter, inherited_masks(ref), device=placement.device if calibrated else None
-    )
-    stats = quantize_statistics(model, outcome, plan)
-    stats["seconds"] = round(time.perf_counter() - started, 3)
-    if outcome.calibration is not None:
-        stats["calibration"] = outcome.calibration
-    if outcome.dropped_masks:
-        stats["dropped_masks"] = outcome.dropped_masks
-    operation_params = dict(params)
-    if plan.needs_calibration and config.calib not in (None, "c4"):
-        operation_params["calib_path"] = str(config.calib)
-    tensors: dict[str, torch.Tensor] = {}
-    masks: dict[str, list[int]] = {}
-    for name, item in outcome.stored.items():
-        tensors[f"codes.{name}"] = item.codes
-        tensors[f"scales.{name}"] = item.scales
-        if item.zeros is not None:
-            tensors[f"zeros.{name}"] = item.zeros
-        if item.mask is not None:
-            tensors[f"mask.{name}"] = pack_mask(item.mask)
-            masks[name] = list(item.mask.shape)
-    header = {
-        "kind": "quantized",
-        "id": identity,
-        "base": ref.base.reference(),
-        "parent": parent_reference(ref.top) if ref.top else None,
-        "operation": {"name": "quantize", "params": operation_params},
-        "quant": {name: item.entry for name, item in outcome.stored.items()},
-        "masks": masks,
-        "stats": stats,
-        "compute": placement.record(),
-    }
-    write_artifact(path, header, tensors, claim)
-    return record_of(read_artifact(path), cached=False)
-
-
 # --- lowrank -------------------------------------------------------------------------------------------
 
 
@@ -652,64 +531,3 @@ def lowrank_statistics(
         "bits_accounting": LOWRANK_BITS,
         "matrices": per_matrix,
     }
-
-
-def run_lowrank(
-    ref: ModelRef,
-    config: LowRankConfig,
-    output: Path | None = None,
-    reporter: Reporter | None = None,
-    force: bool = False,
-    placement: Placement | None = None,
-) -> dict[str, Any]:
-    """Factorize the model `ref` names and write a lowrank artifact; returns its record.
-
-    The SVD runs in float32 on the CPU whatever the placement, so only `placement`'s dtype (the weights
-    factorized) enters the content address.
-    """
-    reporter = reporter or Reporter()
-    plan_lowrank(config)
-    placement = placement or resolve_placement("cpu", "auto", ref.base.config)
-    params = config.params()
-    compute = placement.id_params(device_matters=False)
-    if compute:
-        params["compute"] = compute
-    identity = artifact_id(ref.identity, "lowrank", params)
-    path = Path(output) if output else default_output_path("lowrank", identity)
-    existing = cached_artifact(path, identity, output is not None, force, reporter)
-    if existing is not None:
-        return record_of(existing, cached=True)
-    claim = claim_artifact_output(path, identity, output is not None, force, model_inputs(ref))
-    started = time.perf_counter()
-    model, _ = load_model(ref, device=placement.device, dtype=placement.dtype, device_map=placement.device_map)
-    prunable_matrices(model, config.include, config.exclude)  # bad globs fail before the first log line
-    if config.rank_ratio is not None:
-        how = f"rank ratio {config.rank_ratio:g}"
-    elif config.bits_per_weight is not None:
-        how = f"rank per matrix for {config.bits_per_weight:g} bits per weight (float16 factors)"
-    else:
-        how = f"energy {config.energy:g}"
-    reporter.log(f"loaded {ref.display_name}; truncated SVD per matrix, {how}")
-    if effective_masks(ref.chain):
-        reporter.log("the factors are dense: a parent's pruning mask is not kept")
-    stored, errors = lowrank_model(model, config, reporter)
-    stats = lowrank_statistics(model, stored, errors)
-    if config.bits_per_weight is not None:
-        stats["target_bits_per_weight"] = config.bits_per_weight
-    stats["seconds"] = round(time.perf_counter() - started, 3)
-    tensors: dict[str, torch.Tensor] = {}
-    for name, item in stored.items():
-        tensors[f"left.{name}"] = item.left
-        tensors[f"right.{name}"] = item.right
-    header = {
-        "kind": "lowrank",
-        "id": identity,
-        "base": ref.base.reference(),
-        "parent": parent_reference(ref.top) if ref.top else None,
-        "operation": {"name": "lowrank", "params": params},
-        "lowrank": {name: item.entry for name, item in stored.items()},
-        "stats": stats,
-        "compute": placement.record(),
-    }
-    write_artifact(path, header, tensors, claim)
-    return record_of(read_artifact(path), cached=False)
