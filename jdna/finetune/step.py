@@ -1,5 +1,5 @@
 """The fine-tuning step: plan the run, train, check the mode's invariant, validate, write the artifact and the
-validation record.
+validation record. Identity, cache, output claim, header and atomic write are the step runner's (jdna.steps).
 
 `run_finetune` is the step; its phases are functions of their own so each can be read alone:
 `plan_run` (the task, the objective, the items and the parameters that make the content address), `train_model`
@@ -20,17 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from jdna.artifact import (
-    Artifact,
-    artifact_id,
-    cached_artifact,
-    claim_artifact_output,
-    default_output_path,
-    pack_mask,
-    parent_reference,
-    read_artifact,
-    write_artifact,
-)
+from jdna import steps
+from jdna.artifact import Artifact, pack_mask
 from jdna.distributed import Dist, data_parallel, single_process_note
 from jdna.errors import JdnaError
 from jdna.evaluation import prepare
@@ -56,11 +47,13 @@ from jdna.finetune.validation import (
     validation_record,
 )
 from jdna.io import write_json_atomic
+from jdna.kinds import record as kind_record
 from jdna.masks import effective_masks
 from jdna.models import ModelRef, canonical_parameters, head_of, load_model, resolve
-from jdna.outputs import model_inputs
+from jdna.outputs import Claim
 from jdna.placement import Placement, resolve_placement
 from jdna.progress import Reporter
+from jdna.steps import Target
 from jdna.tasks import Item, Task
 
 
@@ -88,31 +81,9 @@ def seed_everything(seed: int) -> None:
 
 
 def finetune_record(artifact: Artifact, cached: bool) -> dict[str, Any]:
-    """The stdout record of a fine-tuned artifact (docs/records.md, "finetune stdout record")."""
-    from jdna.pruning import artifact_record
-
-    header = artifact.header
-    stats = header.get("stats", {})
-    params = header["operation"].get("params", {})
-    record = artifact_record(artifact, cached)
-    for key in ("method", "scope", "pattern", "bits", "granularity", "rank_ratio", "target_sparsity",
-                "prunable_params", "pruned_params", "model_sparsity"):
-        record.pop(key, None)  # training parameters share some names with compression ones; keep the record lean
-    record.update(task=header.get("task"), mode=header.get("mode"), train_examples=stats.get("train_examples"))
-    record["objective"] = header.get("objective", "classification")
-    if "train_loss_last" in stats:
-        record["train_loss_last"] = stats["train_loss_last"]
-    record["lr"] = params.get("lr")
-    record["epochs"] = params.get("epochs")
-    evaluation = header.get("eval", {})
-    record["primary_metric"] = evaluation.get("primary_metric")
-    record["metrics"] = evaluation.get("metrics")
-    record["invariants"] = header.get("invariants")
-    record["world_size"] = (header.get("training") or {}).get("world_size", 1)
-    if isinstance(header.get("split"), dict):
-        record["split"] = {k: v for k, v in header["split"].items() if not k.endswith("_sha256")}
-    record["eval_record"] = evaluation.get("path")
-    return record
+    """The stdout record of a fine-tuned artifact (docs/records.md, "finetune stdout record"): the finetuned
+    kind's record (jdna.kinds.finetuned declares its fields)."""
+    return kind_record(artifact, cached)
 
 
 @dataclass
@@ -365,23 +336,18 @@ def write_outputs(
     trained: Trained,
     validation: Validation,
     stats: dict[str, Any],
-    identity: str,
-    path: Path,
-    claim: Any,
+    target: Target,
+    claimed: Claim,
     placement: Placement,
-) -> None:
-    """Write the finetuned artifact (all parameters, the masks it enforced), then its validation record."""
+) -> Artifact:
+    """Write the finetuned artifact (all parameters, the masks it enforced) through the step runner's `header`
+    and `write`, then its validation record; returns the artifact as read back."""
     n_train = len(trained.train_data)
-    eval_path = eval_location(identity, config, n_train)[1]
+    eval_path = eval_location(target.id, config, n_train)[1]
     tensors = {f"weight.{name}": param.detach() for name, param in canonical_parameters(trained.model).items()}
     if trained.masks:
         tensors.update({f"mask.{name}": pack_mask(keep) for name, keep in trained.masks.items()})
-    header = {
-        "kind": "finetuned",
-        "id": identity,
-        "base": ref.base.reference(),
-        "parent": parent_reference(ref.top) if ref.top else None,
-        "operation": {"name": "finetune", "params": run.params},
+    fields: dict[str, Any] = {
         "head": trained.head,
         "task": config.task,
         "mode": config.mode,
@@ -390,7 +356,6 @@ def write_outputs(
         "invariants": trained.invariants,
         "training": trained.training,
         "stats": stats,
-        "compute": placement.record(),
         "eval": {
             "path": str(eval_path),
             "primary_metric": validation.primary_metric,
@@ -399,19 +364,27 @@ def write_outputs(
         },
     }
     if trained.masks:
-        header["masks"] = {name: list(keep.shape) for name, keep in trained.masks.items()}
-    write_artifact(path, header, tensors, claim)
+        fields["masks"] = {name: list(keep.shape) for name, keep in trained.masks.items()}
+    artifact = steps.write(target, steps.header(target, ref, placement, **fields), tensors, claimed)
     transfer_extra = {
         "objective": run.objective,
         "train_ids": [item.id for item in run.train_items],
         "split": {k: v for k, v in run.split.items() if not k.endswith("_sha256")},
     }
-    finetuned = ModelRef(base=ref.base, chain=[*ref.chain, read_artifact(path)])
+    finetuned = ModelRef(base=ref.base, chain=[*ref.chain, artifact])
     eval_path, eval_record = validation_record(
-        ref, finetuned, path, identity, config, n_train, validation, transfer_extra
+        ref, finetuned, target.path, target.id, config, n_train, validation, transfer_extra
     )
     eval_path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(eval_path, eval_record)
+    return artifact
+
+
+def _validation_record_exists(artifact: Artifact) -> bool:
+    """A cached artifact is served only while the validation record it names exists; else the step is redone,
+    not half-served."""
+    eval_path = artifact.header.get("eval", {}).get("path")
+    return bool(eval_path) and Path(eval_path).is_file()
 
 
 def run_finetune(
@@ -449,26 +422,23 @@ def _run_finetune(
     compute = placement.id_params(device_matters=True)
     if compute:
         params["compute"] = compute
-    identity = artifact_id(ref.identity, "finetune", params)
-    path = Path(output) if output else default_output_path("finetuned", identity)
-    existing = cached_artifact(path, identity, output is not None, force)
+    # The step runner's parts (jdna.steps): fine-tuning calls them itself, as its head is chosen from the task,
+    # only rank 0 writes, a validation record goes beside the artifact and training resumes from checkpoints.
+    target = steps.address(ref, "finetuned", "finetune", params, output)
+    existing = steps.find_cached(target, force, reporter, reusable=_validation_record_exists)
     if existing is not None:
-        eval_path = existing.header.get("eval", {}).get("path")
-        # The record points at the validation result; without it the step is redone, not half-served.
-        if eval_path and Path(eval_path).is_file():
-            reporter.log(f"cache hit: {path}")
-            return finetune_record(existing, cached=True)
-    claim = claim_artifact_output(path, identity, output is not None, force, model_inputs(ref))
+        return finetune_record(existing, cached=True)
+    claimed = steps.claim(target, force, ref)
     started = time.perf_counter()
-    trained = train_model(ref, config, run, identity, path, placement, reporter, force, dist)
+    trained = train_model(ref, config, run, target.id, target.path, placement, reporter, force, dist)
     if not dist.is_main:  # rank 0 validates and writes; the others wait here for its record
         return dist.broadcast_object(None)
     validation = validate(run, trained, config, placement.device, reporter)
     stats = measure(ref, config, run, trained)
     stats["seconds"] = round(time.perf_counter() - started, 3)
-    write_outputs(ref, config, run, trained, validation, stats, identity, path, claim, placement)
-    remove_checkpoint(checkpoint_dir(path))
-    return dist.broadcast_object(finetune_record(read_artifact(path), cached=False))
+    artifact = write_outputs(ref, config, run, trained, validation, stats, target, claimed, placement)
+    remove_checkpoint(checkpoint_dir(target.path))
+    return dist.broadcast_object(finetune_record(artifact, cached=False))
 
 
 def _prunable_names(model: torch.nn.Module) -> list[str]:
