@@ -86,10 +86,11 @@ def test_several_tasks_load_the_model_once_and_match_separate_runs(
 
 
 def test_finetune_validation_record_has_the_eval_id_recipe(tiny_bert: Path, cls_file: Path) -> None:
-    result = run(
+    args = (
         "finetune", str(tiny_bert), "--task", f"file:{cls_file}", "--mode", "dense", "--epochs", "1",
         "--batch-size", "8", "--eval-limit", "10",
-    )
+    )  # fmt: skip
+    result = run(*args)
     assert result.code == 0, result.stderr
     finetuned = result.record
     record = json.loads(Path(finetuned["eval_record"]).read_text())
@@ -110,6 +111,13 @@ def test_finetune_validation_record_has_the_eval_id_recipe(tiny_bert: Path, cls_
     assert Path(finetuned["eval_record"]).name == f"{record['id'][:20]}.json"
     assert record["kind"] == "eval" and record["model"]["id"] == finetuned["id"]
     assert record["metrics"] == finetuned["metrics"]
+    # The step is cached while the record it names exists; without it, it is redone (same id), not half-served.
+    again = run(*args)
+    assert again.code == 0 and again.record["cached"] is True and "cache hit" in again.stderr
+    Path(finetuned["eval_record"]).unlink()
+    redone = run(*args)
+    assert redone.code == 0 and redone.record["cached"] is False and redone.record["id"] == finetuned["id"]
+    assert json.loads(Path(redone.record["eval_record"]).read_text())["id"] == record["id"]
 
 
 def test_classification_without_a_transfer_step_says_so(tiny_bert: Path, cls_file: Path) -> None:
