@@ -199,15 +199,13 @@ class Task:
 
 
 def default_knobs(kind: str, items: Sequence[Item]) -> list[str]:
-    """Knobs that apply to a task of this kind with these items."""
-    if kind == "multiple_choice":
-        most_options = max((len(item.choices or ()) for item in items), default=0)
-        return (["options"] if most_options > 2 else []) + ["shots"]
-    if kind == "generation":
-        return ["shots"] + (["context"] if any(item.context for item in items) else [])
-    if kind == "classification":
-        return ["train_size"]
-    return []
+    """Knobs that apply to a task of this kind with these items: the kind's (`KIND_KNOBS`), less options when
+    no item has more than two and context when no item has an evidence document."""
+    applies = {
+        "options": lambda: max((len(item.choices or ()) for item in items), default=0) > 2,
+        "context": lambda: any(item.context for item in items),
+    }
+    return [knob for knob in KIND_KNOBS.get(kind, ()) if applies.get(knob, lambda: True)()]
 
 
 def check_disjoint(name: str, items: Sequence[Item], train_items: Sequence[Item]) -> None:
