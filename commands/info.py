@@ -9,7 +9,7 @@ from tabulate import tabulate
 
 from jdna.commands.common import console, emit, model_from_stdin
 from jdna.errors import JdnaError
-from jdna.kinds import record as artifact_record
+from jdna.kinds import record as kind_record
 from jdna.masks import mask_summary
 from jdna.models import ModelRef, resolve
 
@@ -92,7 +92,7 @@ def _describe(ref: ModelRef, matrices: bool) -> tuple[list[str], dict[str, Any]]
                 disable_numparse=True,
             )
         )
-    record = artifact_record(artifact, cached=True, detail=False)  # info adds its own details below
+    record = kind_record(artifact, cached=True, detail=False)  # info adds its own details below
     record.pop("cached", None)
     if isinstance(invariants, dict):
         record["invariants"] = invariants

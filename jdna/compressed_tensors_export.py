@@ -27,23 +27,12 @@ from jdna.artifact import Artifact
 from jdna.bitmask import unpack_mask
 from jdna.errors import JdnaError
 from jdna.kinds.quantized import spec_of
+from jdna.model_files import require_compressed_tensors
 from jdna.models import ModelRef, canonical_name
 from jdna.progress import Reporter
 from jdna.quantization.packing import unpack_codes
 
 _STRATEGIES = {"tensor": "tensor", "channel": "channel", "group": "group"}
-
-
-def require_compressed_tensors() -> str:
-    """The installed compressed-tensors version, or a JdnaError saying how to install it."""
-    try:
-        import compressed_tensors
-    except ImportError:
-        raise JdnaError(
-            "--format compressed-tensors needs the compressed-tensors package: pip install 'jdna[export]' "
-            "(or pip install compressed-tensors)"
-        ) from None
-    return str(compressed_tensors.__version__)
 
 
 def _compressing_top(ref: ModelRef) -> Artifact | None:
@@ -184,19 +173,3 @@ def write_compressed_tensors(ref: ModelRef, model: nn.Module, work: Path, report
         }
     details["compressed_tensors"] = version
     return details
-
-
-def loading_kwargs(config: dict[str, Any]) -> dict[str, Any]:
-    """from_pretrained arguments for a compressed-tensors checkpoint: decompress on load, so jdna sees (and
-    prunes, measures, fine-tunes) ordinary dense weights. Empty for any other checkpoint."""
-    quantization = config.get("quantization_config")
-    if not isinstance(quantization, dict) or quantization.get("quant_method") != "compressed-tensors":
-        return {}
-    require_compressed_tensors()
-    import warnings
-
-    from transformers import CompressedTensorsConfig
-
-    # transformers warns that the config's own quantization_config wins; only `dequantize` is ours to set.
-    warnings.filterwarnings("ignore", message=".*already has a `quantization_config` attribute.*")
-    return {"quantization_config": CompressedTensorsConfig(dequantize=True)}

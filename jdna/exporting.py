@@ -21,7 +21,7 @@ from torch import nn
 from jdna.errors import JdnaError
 from jdna.model_files import CONFIG_KEY, EXPORT_FORMAT_NAME, EXPORT_METADATA_FILE
 from jdna.model_files import read_export_metadata as read_export_metadata  # re-exported (moved there)
-from jdna.models import ModelRef, load_model
+from jdna.models import ModelRef, dense_parent_of, load_model
 from jdna.outputs import dir_mode
 from jdna.progress import Reporter
 from jdna.registry import Registry
@@ -91,17 +91,6 @@ def copy_sentence_transformers_extras(source: Path, work: Path) -> list[str]:
                 shutil.copytree(source / folder, work / folder, dirs_exist_ok=True)
                 copied.append(folder + "/")
     return copied
-
-
-def dense_parent_of(ref: ModelRef) -> dict[str, Any] | None:
-    """The dense model `ref` was compressed from: the one named by --dense-parent or export metadata, else the
-    base of a compressing chain; None for a model that is itself dense."""
-    if ref.dense_parent is not None:
-        return ref.dense_parent
-    if not any(a.kind in ("pruned", "quantized", "lowrank") for a in ref.chain):
-        return None
-    base = ref.base
-    return {"name": base.name, "id": base.sha256, "source": base.source}
 
 
 def export_metadata(ref: ModelRef, export_format: str, details: dict[str, Any], sparsity: dict[str, Any]) -> dict:

@@ -1,4 +1,5 @@
-"""Single files given as MODEL that are not jdna artifacts: GGUF checkpoints (loaded), records (explained).
+"""Model files and directories jdna reads besides artifacts: GGUF checkpoints (loaded), records (explained),
+jdna export metadata, and compressed-tensors checkpoints (loaded decompressed).
 
 A GGUF file is dequantized once by transformers (``gguf_file=``), the same path the ``smollm2-135m`` demo takes,
 and cached as safetensors under ``$JDNA_HOME/models/gguf-<sha256[:16]>``; later runs use the cache. A JSON file
@@ -91,3 +92,31 @@ def not_a_model_error(path: Path) -> JdnaError | None:
         f"'{path}' is {what}, not a model: pass a jdna artifact (.safetensors), a Hugging Face model directory, "
         "a .gguf file, an HF hub id or a demo name"
     )
+
+
+def require_compressed_tensors() -> str:
+    """The installed compressed-tensors version, or a JdnaError saying how to install it."""
+    try:
+        import compressed_tensors
+    except ImportError:
+        raise JdnaError(
+            "--format compressed-tensors needs the compressed-tensors package: pip install 'jdna[export]' "
+            "(or pip install compressed-tensors)"
+        ) from None
+    return str(compressed_tensors.__version__)
+
+
+def loading_kwargs(config: dict[str, Any]) -> dict[str, Any]:
+    """from_pretrained arguments for a compressed-tensors checkpoint: decompress on load, so jdna sees (and
+    prunes, measures, fine-tunes) ordinary dense weights. Empty for any other checkpoint."""
+    quantization = config.get("quantization_config")
+    if not isinstance(quantization, dict) or quantization.get("quant_method") != "compressed-tensors":
+        return {}
+    require_compressed_tensors()
+    import warnings
+
+    from transformers import CompressedTensorsConfig
+
+    # transformers warns that the config's own quantization_config wins; only `dequantize` is ours to set.
+    warnings.filterwarnings("ignore", message=".*already has a `quantization_config` attribute.*")
+    return {"quantization_config": CompressedTensorsConfig(dequantize=True)}

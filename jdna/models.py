@@ -22,7 +22,13 @@ from jdna.demo import DEMO_MODELS, demo_model_dir
 from jdna.errors import JdnaError
 from jdna.io import sha256_file
 from jdna.kinds import KINDS, kind_of
-from jdna.model_files import gguf_directory, is_gguf_file, not_a_model_error, read_export_metadata
+from jdna.model_files import (
+    gguf_directory,
+    is_gguf_file,
+    loading_kwargs,
+    not_a_model_error,
+    read_export_metadata,
+)
 
 # Re-exported: callers name the model layer for canonical names (jdna.naming holds them, below the kinds).
 from jdna.naming import canonical_name as canonical_name
@@ -258,6 +264,17 @@ def apply_artifact(model: nn.Module, artifact: Artifact) -> None:
     kind_of(artifact).apply(model, artifact)
 
 
+def dense_parent_of(ref: ModelRef) -> dict[str, Any] | None:
+    """The dense model `ref` was compressed from: the one named by --dense-parent or export metadata, else the
+    base of a chain with a compressing step (a kind declared ``compresses``); None for a dense model."""
+    if ref.dense_parent is not None:
+        return ref.dense_parent
+    if not any(kind_of(artifact).compresses for artifact in ref.chain):
+        return None
+    base = ref.base
+    return {"name": base.name, "id": base.sha256, "source": base.source}
+
+
 def head_of(ref: ModelRef) -> dict[str, Any] | None:
     """The task head recorded by the newest fine-tuned artifact in the chain, if any."""
     for artifact in reversed(ref.chain):
@@ -308,8 +325,6 @@ def load_model(
         model_class = AutoModelForCausalLM
     else:
         model_class = AutoModel
-    from jdna.compressed_tensors_export import loading_kwargs
-
     kwargs.update(loading_kwargs(ref.base.config))  # a compressed-tensors export loads decompressed
     try:
         model = model_class.from_pretrained(str(ref.base.path), **kwargs)

@@ -225,7 +225,8 @@ def model_block_fields(ref: ModelRef) -> dict[str, Any]:
     ``detected_sparsity`` (measured zeros), and a ``compression`` block from the export metadata or, for a
     clearly sparse model, from the measured zeros (method "external").
     """
-    from jdna.exporting import dense_parent_of, read_export_metadata
+    from jdna.model_files import read_export_metadata
+    from jdna.models import dense_parent_of
 
     fields: dict[str, Any] = {"dense_parent": dense_parent_of(ref)}
     if ref.chain:
