@@ -124,7 +124,7 @@ LMC_TASKS ?= bigbench:vitaminc_fact_verification bigbench:multiemo/all_text_en
 LMC_SPARSITY ?= 0.5
 LMC_TRAIN ?= $(if $(call paper,$(T_MODEL)),all,1000)
 
-.PHONY: install test demo demo-encoder demo-lm data bench lint clean setting1 setting2 setting3 setting4 setting5 setting6 \
+.PHONY: install test test-fast demo demo-encoder demo-lm data bench lint clean setting1 setting2 setting3 setting4 setting5 setting6 \
 	quantization transfer lmc methods study
 
 install: $(STAMP)
@@ -142,6 +142,11 @@ $(STAMP): pyproject.toml
 
 test: install
 	$(BIN)/python -m pytest
+
+# The edit-test loop: everything but the tests marked slow (tests/conftest.py SLOW: torchrun, the Makefile,
+# SIGKILL and other subprocess-heavy tests, anything over ~2 s). `make test` (and CI) still runs them all.
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow"
 
 # The import contracts (no cycle, no other module's _private name, the layers; scripts/check_imports.py) are a
 # test, so `make test` checks them too; `python scripts/check_imports.py` shows where each violation is.

@@ -7,8 +7,10 @@ Every `import` statement counts, wherever it is: at module level, inside a funct
 - cycle:   a strongly connected set of jdna modules (each reaches every other through imports);
 - private: a module using another module's `_private` name (`from x import _y`, or `x._y` on an imported
            module); dunder names such as `__version__` are public;
-- layer:   a broken layering rule (LAYERS below): the library (jdna/) never imports the CLI (jdna.commands),
-           and evaluation never imports fine-tuning.
+- layer:   a broken named rule (LAYERS below): the library (jdna/) never imports the CLI (jdna.commands),
+           and evaluation never imports fine-tuning;
+- order:   a module importing a module of a higher layer (ORDER below, the layers of docs/architecture.md);
+- unplaced: a module in no layer of ORDER (a new module must be given one).
 
 An edge goes to the module an import names (`from jdna.finetune import masking` -> jdna.finetune.masking,
 `from jdna.finetune import run_finetune` -> jdna.finetune); the implicit import of parent packages is not an
@@ -37,6 +39,26 @@ LAYERS = [
 ]
 # `python -m jdna` is the CLI's second entry point, not library code.
 LAYER_EXEMPT = {"jdna.__main__"}
+# The layers of docs/architecture.md, lowest first: a module imports only modules of its own layer or a lower
+# one. A module belongs to the layer of the longest prefix listed for it ("jdna" itself is the package's
+# __init__); a module no prefix covers is reported as unplaced, so a new module is given a layer when it is added.
+ORDER: list[tuple[str, tuple[str, ...]]] = [
+    ("core", ("jdna", "jdna.errors", "jdna.registry", "jdna.io", "jdna.paths", "jdna.outputs", "jdna.progress",
+              "jdna.placement", "jdna.naming", "jdna.bitmask", "jdna.distributed")),
+    # what artifacts are decoded with: quantization's number formats, packing, bit accounting and RTN codes
+    ("numerics", ("jdna.quantization.spec", "jdna.quantization.rtn", "jdna.quantization.packing",
+                  "jdna.quantization.accounting", "jdna.quantization.base")),
+    ("artifacts", ("jdna.artifact", "jdna.kinds")),
+    ("models", ("jdna.models", "jdna.prunable", "jdna.masks", "jdna.model_files", "jdna.demo", "jdna.appliers",
+                "jdna.finetune_applier", "jdna.quantization.appliers")),
+    ("steps", ("jdna.steps",)),
+    ("data", ("jdna.tasks", "jdna.scoring", "jdna.calibration", "jdna.calibration_corpus", "jdna.metrics")),
+    ("compression", ("jdna.pruning", "jdna.quantization", "jdna.layerwise", "jdna.sparsity")),
+    ("evaluation", ("jdna.evaluation",)),
+    ("transfer", ("jdna.finetune", "jdna.lmc")),
+    ("analysis", ("jdna.analysis", "jdna.exporting", "jdna.compressed_tensors_export", "jdna.runs")),
+    ("cli", ("jdna.commands", "jdna.__main__")),
+]  # fmt: skip
 
 
 @dataclass
@@ -189,9 +211,10 @@ def cycles(edges: dict[str, dict[str, int]]) -> list[list[str]]:
     return sorted(found)
 
 
-def violations(graph: Graph) -> dict[str, str]:
+def violations(graph: Graph, order: list[tuple[str, tuple[str, ...]]] | None = None) -> dict[str, str]:
     """Each violation (a stable text without line numbers, as listed in the test) -> where it happens."""
     found: dict[str, str] = {}
+    order = ORDER if order is None else order
 
     def where(module: str, line: int) -> str:
         return f"{graph.modules[module].relative_to(graph.root)}:{line}"
@@ -211,7 +234,28 @@ def violations(graph: Graph) -> dict[str, str]:
                     continue
                 if _within(module, importer) and _within(target, forbidden):
                     found[f"layer: {module} imports {target}"] = f"{where(module, line)} ({why})"
+    for module in sorted(graph.modules):
+        if layer_of(module, order) is None:
+            found[f"unplaced: {module}"] = f"{where(module, 1)} (give it a layer in ORDER)"
+    for module, targets in sorted(graph.edges.items()):
+        for target, line in sorted(targets.items()):
+            low, high = layer_of(module, order), layer_of(target, order)
+            if low is not None and high is not None and high > low and f"layer: {module} imports {target}" not in found:
+                found[f"order: {module} imports {target}"] = (
+                    f"{where(module, line)} (layer {order[low][0]} imports layer {order[high][0]})"
+                )
     return found
+
+
+def layer_of(module: str, order: list[tuple[str, tuple[str, ...]]] = ORDER) -> int | None:
+    """The index in `order` of a module's layer: that of the longest prefix listed for it."""
+    best: tuple[int, int] | None = None
+    for index, (_, prefixes) in enumerate(order):
+        for prefix in prefixes:
+            if module == prefix or (prefix != "jdna" and module.startswith(prefix + ".")):
+                if best is None or len(prefix) > best[1]:
+                    best = (index, len(prefix))
+    return best[0] if best else None
 
 
 def main() -> int:

@@ -97,6 +97,57 @@ def build_tiny_bert(directory: Path, seed: int = 0) -> Path:
     return directory
 
 
+# Tests `make test-fast` leaves out (marked `slow` at collection): whole files, test functions (every
+# parametrization) or single parametrizations, by node id. Slow means torchrun, the Makefile, SIGKILL and other
+# subprocess-heavy tests, and anything else over ~2 s on a busy 2-core machine (`pytest --durations=80`).
+# Listed here rather than decorated in each file so that marking touches one file; tests/test_slow_marks.py
+# checks every entry still names a test.
+SLOW = (
+    "tests/test_makefile_smoke.py",
+    "tests/test_finetune_distributed.py",
+    "tests/test_scale.py::test_torchrun_eval_matches_one_process",
+    "tests/test_cli_start.py::test_shell_completion_completes_commands_and_options",
+    "tests/test_cli_start.py::test_help_and_version_import_no_heavy_library",
+    "tests/test_cli_start.py::test_wanda_and_gptq_flag_spellings_are_aliases",
+    "tests/test_hardening.py::test_a_real_size_limit_fails_cleanly_and_keeps_the_old_file",
+    "tests/test_hardening.py::test_sigkill_during_prune_leaves_no_broken_artifact",
+    "tests/test_hardening.py::test_two_commands_racing_for_one_output_never_both_win",
+    "tests/test_hardening.py::test_two_processes_making_the_same_artifact",
+    "tests/test_hardening.py::test_samples_that_cannot_be_written_leave_no_record",
+    "tests/test_hardening.py::test_a_full_stdout_is_one_line",
+    "tests/test_hardening.py::test_fuzz_info_verify_on_mutated_headers",
+    "tests/test_lowrank.py::test_rank_for_bits_is_the_closest_rank_by_brute_force",
+    "tests/test_lmc.py::test_endpoints_reproduce_models_and_self_has_no_barrier",
+    "tests/test_cli_quantize.py::test_lowrank_energy_and_half_rank_on_bert",
+    "tests/test_cli_quantize.py::test_quantizing_a_pruned_artifact_keeps_exact_zeros[gptq]",
+    "tests/test_cli_quantize.py::test_lowrank_full_rank_reproduces_weights_within_fp16",
+    "tests/test_cli_quantize.py::test_lowrank_at_bits_per_weight_chooses_each_rank_from_its_shape",
+    "tests/test_cli_quantize.py::test_gptq_quantize_loads_codes_and_beats_rtn_on_calibration_loss",
+    "tests/test_cli_quantize.py::test_quantize_after_lowrank_of_pruned_carries_no_mask",
+    "tests/test_finetune.py::test_mode_invariants",
+    "tests/test_finetune_mc.py::test_finetune_mc_head_all_modes_and_eval_reproduces",
+    "tests/test_pruning.py::test_sparsegpt_end_to_end_exact_sparsity_and_weights_stored",
+    "tests/test_pruning.py::test_owl_with_sparsegpt_prunes_each_block_at_the_reference_ratio",
+    "tests/test_tasks.py::test_eval_cli_on_bigbench_context_task",
+    "tests/test_analysis.py::test_verdict_rule_error_rates_on_simulated_studies",
+    "tests/test_plot.py::test_cli_renders_png_of_expected_size",
+    "tests/test_plot.py::test_plot_from_a_difficulty_record",
+    "tests/test_eval.py::test_predictions_do_not_depend_on_batch_size",
+    "tests/test_eval.py::test_classification_fine_tunes_first_then_reuses_the_head",
+    "tests/test_selection.py::test_bracket_needs_no_fallback_on_continuous_scores",
+)
+
+
+def is_slow(nodeid: str) -> bool:
+    return any(nodeid == entry or nodeid.startswith((entry + "::", entry + "[")) for entry in SLOW)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if is_slow(item.nodeid):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))

@@ -42,6 +42,9 @@ PINNED = {
     "finetune-validation": "c85d65b00f29a46f3a75e23b12e5c93587375b3b99a4bd62f57dc165dc867b1e",
     "eval": "5b416d91cfc4856995413be3adbdcfd4fd57c6512fa365dc889f3c66142400b6",
 }
+# On a GPU machine `auto` would compute on CUDA (in bf16), which enters the ids of calibrated and trained steps
+# and of evals: the pinned ids are those of a float32 run on the CPU, asked for explicitly.
+CPU = ("--device", "cpu", "--dtype", "float32")
 # artifact_id on fixed input: guards the recipe itself (format version, canonical JSON, hash).
 PINNED_RECIPE = "9dc3eb1f63a85632e1f220a164883a7f6b270f4a70285103425326bff9b17e0c"
 
@@ -141,7 +144,7 @@ def test_content_ids_do_not_change(monkeypatch: pytest.MonkeyPatch) -> None:
     calib = ["--calib", str(inputs["calib"]), "--calib-samples", "2", "--calib-seqlen", "16"]
 
     def artifact_step(name: str, *args: str) -> dict:
-        record = _record(*args)
+        record = _record(*args, *CPU)
         header = read_artifact(Path(record["path"])).header
         assert header["id"] == record["id"]
         _check(name, record["id"], header["operation"])
@@ -158,5 +161,5 @@ def test_content_ids_do_not_change(monkeypatch: pytest.MonkeyPatch) -> None:
     )  # fmt: skip
     validation = json.loads(Path(tuned["eval_record"]).read_text())
     _check("finetune-validation", validation["id"], validation.get("knobs"))
-    record = _record("eval", str(base), "--task", f"file:{inputs['mc']}", "--limit", "6")
+    record = _record("eval", str(base), "--task", f"file:{inputs['mc']}", "--limit", "6", *CPU)
     _check("eval", record["id"], {"task": record["task"], "knobs": record["knobs"]})

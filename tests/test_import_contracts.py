@@ -1,5 +1,6 @@
 """Import contracts (issue #12, item 5): no import cycle among jdna modules, no use of another module's `_private`
-name, and the layering rules of scripts/check_imports.py — function-level imports included.
+name, and the layers of docs/architecture.md (scripts/check_imports.py: LAYERS, ORDER) — function-level imports
+included.
 
 KNOWN_VIOLATIONS is what main had when the check was written. The test asserts the violations found EQUAL this
 list: a new violation fails it, and so does a fixed one still listed (remove it here when the refactor lands, so
@@ -19,7 +20,6 @@ check_imports = importlib.util.module_from_spec(_spec)
 sys.modules["check_imports"] = check_imports  # dataclasses look their module up by name
 _spec.loader.exec_module(check_imports)
 
-# Empty on h/evalside with h/steps and h/checks merged: every violation main had is fixed.
 KNOWN_VIOLATIONS: set[str] = set()
 
 
@@ -56,11 +56,20 @@ def test_the_checker_finds_each_kind_of_violation(tmp_path: Path) -> None:
             "jdna/finetune/__init__.py": "def train():\n    pass\n",
             "commands/__init__.py": "",
             "commands/cli.py": "from jdna.a import _private_thing\nfrom jdna import __version__\ndef run(): pass\n",
+            "jdna/low.py": "import jdna.errors\ndef f():\n    from jdna.evaluation import x\n",  # a lower layer
+            "jdna/errors.py": "",
+            "jdna/stray.py": "",  # in no layer
         },
     )
+    order = [
+        ("core", ("jdna", "jdna.errors", "jdna.low", "jdna.a", "jdna.b", "jdna.c")),
+        ("evaluation", ("jdna.evaluation",)),
+        ("transfer", ("jdna.finetune",)),
+        ("cli", ("jdna.commands", "jdna.__main__")),
+    ]
     graph = check_imports.build(root)
     assert graph.edges["jdna.evaluation.y"] == {"jdna.evaluation.x": 1, "jdna.finetune": 2}
-    found = check_imports.violations(graph)
+    found = check_imports.violations(graph, order)
     no_finetune = "(evaluation never imports fine-tuning)"
     assert found == {
         "cycle: jdna.a, jdna.b": "jdna.a -> jdna.b (jdna/a.py:1); jdna.b -> jdna.a (jdna/b.py:3)",
@@ -70,4 +79,9 @@ def test_the_checker_finds_each_kind_of_violation(tmp_path: Path) -> None:
         "layer: jdna.c imports jdna.commands.cli": "jdna/c.py:3 (the library never imports the CLI)",
         "layer: jdna.evaluation.x imports jdna.finetune": f"jdna/evaluation/x.py:3 {no_finetune}",
         "layer: jdna.evaluation.y imports jdna.finetune": f"jdna/evaluation/y.py:2 {no_finetune}",
+        # one report per import: jdna.c -> jdna.commands.cli breaks the named rule, so no "order:" line for it
+        "order: jdna.low imports jdna.evaluation.x": "jdna/low.py:3 (layer core imports layer evaluation)",
+        "unplaced: jdna.stray": "jdna/stray.py:1 (give it a layer in ORDER)",
     }
+    assert check_imports.layer_of("jdna.evaluation.x", order) == 1 and check_imports.layer_of("jdna", order) == 0
+    assert check_imports.layer_of("jdna.lowest", order) is None  # a prefix counts only at a dot
