@@ -33,7 +33,8 @@ from jdna.finetune import (  # noqa: E402
 )
 from jdna.finetune.data import Schedule, encode_items  # noqa: E402
 from jdna.finetune.loop import TrainSettings, train  # noqa: E402
-from jdna.finetune.masking import MaskEnforcer, chain_masks, dense_ref  # noqa: E402
+from jdna.finetune.masking import MaskEnforcer, dense_ref  # noqa: E402
+from jdna.masks import effective_masks
 from jdna.models import load_model, resolve  # noqa: E402
 from jdna.pruning import PruneConfig, run_prune  # noqa: E402
 
@@ -55,7 +56,7 @@ def _jdna_run(ref, mode: str, items, task, args) -> tuple[float, float, float]:
     seed_everything(0)
     source = dense_ref(ref) if mode in ("dense", "freeze") else ref
     model, tokenizer = load_model(source, head=head_for(task), device="cpu")
-    masks = chain_masks(ref) if mode in ("sparse", "freeze") else {}
+    masks = effective_masks(ref.chain) if mode in ("sparse", "freeze") else {}
     enforcer = MaskEnforcer.build(model, masks, mode)
     data = encode_items(items, tokenizer, args.max_length, regression=False)
     schedule = Schedule(len(data), args.batch_size, 1, 1, seed=0)

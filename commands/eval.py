@@ -19,9 +19,10 @@ from jdna.commands.common import (
     model_from_stdin,
     placement_for,
 )
+from jdna.distributed import data_parallel, launched_rank
 from jdna.errors import JdnaError
 from jdna.evaluation import EvalConfig, auto_dtype, parse_limit, prepare, run_evals, summary, validate
-from jdna.finetune.distributed import data_parallel, launched_rank
+from jdna.finetune import EvalTransfer
 from jdna.models import resolve
 from jdna.outputs import check_target
 from jdna.paths import expand
@@ -205,7 +206,10 @@ def eval_command(
             ref.dense_parent = reference_of(resolve(dense_parent, allow_pickle=allow_pickle))
         placement = placement_for(ref, device, dtype, device_map, auto_dtype=auto_dtype)
         reporter = CliReporter("eval") if main else Reporter()
-        for record in run_evals(ref, configs, out, reporter, force=force, placement=placement):
+        # A classification task on a model without a head fine-tunes it first: evaluation gets that step from
+        # here, as it sits below fine-tuning and never imports it.
+        transfer = EvalTransfer()
+        for record in run_evals(ref, configs, out, reporter, force=force, placement=placement, transfer=transfer):
             if not main:
                 continue
             if ref.dense_parent is not None:

@@ -19,8 +19,8 @@ from jdna.commands.common import (
     output_path,
     placement_for,
 )
+from jdna.distributed import data_parallel, launched_rank
 from jdna.finetune import MODES, FinetuneConfig, check_model, plan, run_finetune
-from jdna.finetune.distributed import data_parallel, launched_rank
 from jdna.models import resolve
 from jdna.progress import Reporter
 

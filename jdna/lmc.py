@@ -100,23 +100,20 @@ class Scorer:
 
 
 def _classification_scorer(task_spec: str, tokenizer: Any, limit: int | None, device: torch.device) -> Scorer:
+    from jdna.evaluation.classifier import encode_items, forward_batches, is_regression, pad_id_of
     from jdna.finetune import evaluation_items, load_classification_task
-    from jdna.finetune.data import collate, encode_items, is_regression
 
     task = load_classification_task(task_spec)
     items = evaluation_items(task, limit)
     regression = is_regression(task)
     data = encode_items(items, tokenizer, 128, regression)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_id_of(tokenizer)
 
-    @torch.no_grad()
     def score(model: nn.Module) -> tuple[float, float]:
         total_loss, correct, count = 0.0, 0.0, 0
         order = sorted(range(len(data)), key=lambda i: len(data.input_ids[i]))
-        for start in range(0, len(order), 64):
-            batch = collate(data, order[start : start + 64], pad)
-            labels = batch.pop("labels").to(device)
-            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float()
+        batches = [order[start : start + 64] for start in range(0, len(order), 64)]
+        for _, logits, labels in forward_batches(model, data, batches, pad, device):
             if regression:
                 total_loss += float(((logits[:, 0] - labels) ** 2).sum())
                 correct += float(-((logits[:, 0] - labels) ** 2).sum())
@@ -155,7 +152,7 @@ def _mc_head_scorer(task_spec: str, tokenizer: Any, limit: int | None, seed: int
                     device: torch.device) -> Scorer:
     """An encoder's multiple-choice head: cross-entropy over each item's options, and accuracy."""
     from jdna.evaluation import EvalConfig, prepare
-    from jdna.finetune.multiple_choice import encode_items, option_logits
+    from jdna.evaluation.mc_head import encode_items, option_logits
 
     items = prepare(EvalConfig(task=task_spec, limit=limit, seed=seed)).items
     data = encode_items(items, tokenizer, max_length)

@@ -1,6 +1,7 @@
 """Fast language-model scoring for causal LMs, tokenised exactly as lm-evaluation-harness 0.4.x does.
 
-Three entry points, each taking an already-loaded ``transformers`` causal LM (eval mode) and its tokenizer:
+Three scoring entry points, each taking an already-loaded ``transformers`` causal LM (eval mode) and its
+tokenizer:
 
 * :func:`loglikelihood_choices` -- multiple-choice log-likelihoods (lm-eval's ``loglikelihood``);
 * :func:`greedy_generate` -- greedy decoding with stop strings (lm-eval's ``generate_until``);
@@ -18,9 +19,14 @@ Tokenisation follows ``HFLM.tok_encode``, ``TemplateLM._encode_pair`` and ``Temp
 * rolling windows cut the text into disjoint blocks of ``max_length`` predicted tokens, each block with as
   much preceding text as fits; the very first token is conditioned on the prefix token.
 
+The tokenisation is public, so that training on answer tokens (jdna.finetune.lm) splits prompt and answer
+exactly as scoring does: :func:`encode_texts` (a batch of texts, with or without special tokens),
+:func:`prefix_token_id` (what an empty context is conditioned on), :func:`split_whole` (lm-eval's split of a
+``context + continuation`` encoding) and :func:`encode_choice_requests` (every option of every request).
+
 Where lm-eval would stop with an assertion we do something sensible instead: a whitespace-only context is
 treated like an empty one, and a continuation swallowed entirely by a boundary merge is scored from where the
-whole encoding leaves the context's (see :func:`_split_whole`).
+whole encoding leaves the context's (see :func:`split_whole`).
 
 Speed, the point of this module: lm-eval runs ``context + option`` through the model once per option.  Here
 the tokens that all options of a request share (the context, plus any common start of the options) run once
@@ -72,11 +78,15 @@ __all__ = [
     "ChoiceScores",
     "bits_per_byte",
     "byte_perplexity",
+    "encode_choice_requests",
+    "encode_texts",
     "greedy_generate",
     "loglikelihood_choices",
     "perplexity",
+    "prefix_token_id",
     "resolve_max_length",
     "rolling_loglikelihood",
+    "split_whole",
     "word_perplexity",
 ]
 
@@ -172,15 +182,16 @@ def _adds_bos(model: Any) -> bool:
     return "gemma" in (model_type or "")
 
 
-def _prefix_token_id(tokenizer: Any) -> int:
-    # What an empty context, and the first rolling window, is conditioned on.
+def prefix_token_id(tokenizer: Any) -> int:
+    """The token an empty context, and the first rolling window, is conditioned on: BOS, else EOS."""
     for token_id in (tokenizer.bos_token_id, tokenizer.eos_token_id):
         if token_id is not None:
             return int(token_id)
     raise ValueError("the tokenizer has neither a BOS nor an EOS token to condition an empty context on")
 
 
-def _encode(tokenizer: Any, texts: Sequence[str], add_special_tokens: bool) -> list[list[int]]:
+def encode_texts(tokenizer: Any, texts: Sequence[str], add_special_tokens: bool) -> list[list[int]]:
+    """Token ids of each text in one batched call; `add_special_tokens` as lm-eval (True for Gemma only)."""
     if not texts:
         return []
     # One batched call: fast tokenizers encode the whole list in parallel, with the same ids as `encode`.
@@ -196,11 +207,11 @@ def _common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
-def _encode_choice_requests(
+def encode_choice_requests(
     tokenizer: Any, requests: Sequence[ChoiceRequest], add_bos: bool
 ) -> list[list[tuple[list[int], list[int]]]]:
     """For each request, the (context tokens, continuation tokens) of each option, by lm-eval's rules."""
-    prefix = _prefix_token_id(tokenizer)
+    prefix = prefix_token_id(tokenizer)
     contexts: list[str] = []
     wholes: list[str] = []
     plain: list[str] = []
@@ -212,9 +223,9 @@ def _encode_choice_requests(
         # The context's trailing whitespace belongs to the continuation: encode the context without it.
         contexts.append(request.context.rstrip())
         wholes.extend(request.context + continuation for continuation in request.continuations)
-    context_ids = iter(_encode(tokenizer, contexts, add_bos))
-    whole_ids = iter(_encode(tokenizer, wholes, add_bos))
-    plain_ids = iter(_encode(tokenizer, plain, add_bos))
+    context_ids = iter(encode_texts(tokenizer, contexts, add_bos))
+    whole_ids = iter(encode_texts(tokenizer, wholes, add_bos))
+    plain_ids = iter(encode_texts(tokenizer, plain, add_bos))
     encoded = []
     for request in requests:
         ctx = next(context_ids)
@@ -224,11 +235,11 @@ def _encode_choice_requests(
             # A whitespace-only context encodes to nothing (lm-eval fails): condition on the prefix token.
             encoded.append([([prefix], next(whole_ids)) for _ in request.continuations])
         else:
-            encoded.append([_split_whole(ctx, next(whole_ids), prefix) for _ in request.continuations])
+            encoded.append([split_whole(ctx, next(whole_ids), prefix) for _ in request.continuations])
     return encoded
 
 
-def _split_whole(ctx: list[int], whole: list[int], prefix: int) -> tuple[list[int], list[int]]:
+def split_whole(ctx: list[int], whole: list[int], prefix: int) -> tuple[list[int], list[int]]:
     """lm-eval's split of ``whole`` into (context tokens, continuation tokens), made total.
 
     lm-eval scores ``whole[len(ctx):]`` after ``ctx`` even when the last context token merged with the start
@@ -849,7 +860,7 @@ def loglikelihood_choices(
         return []
     runner = _Runner(model, tokenizer)
     length = resolve_max_length(model, tokenizer, max_length)
-    encoded = _encode_choice_requests(tokenizer, requests, _adds_bos(model))
+    encoded = encode_choice_requests(tokenizer, requests, _adds_bos(model))
     scores = [
         ChoiceScores(
             logprobs=[0.0] * len(request.continuations),
@@ -1012,8 +1023,8 @@ def greedy_generate(
     runner = _Runner(model, tokenizer)
     length = resolve_max_length(model, tokenizer, max_length)
     room = max(1, length - max_new_tokens)
-    prefix = _prefix_token_id(tokenizer)
-    encoded = [ids[-room:] or [prefix] for ids in _encode(tokenizer, prompts, _adds_bos(model))]
+    prefix = prefix_token_id(tokenizer)
+    encoded = [ids[-room:] or [prefix] for ids in encode_texts(tokenizer, prompts, _adds_bos(model))]
     order = sorted(range(len(prompts)), key=lambda i: (-len(encoded[i]), i))
     eos = _eos_ids(model, tokenizer)
     outputs = [""] * len(prompts)
@@ -1071,8 +1082,8 @@ def rolling_loglikelihood(
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     runner = _Runner(model, tokenizer)
-    tokens = _encode(tokenizer, [text], _adds_bos(model))[0]
-    windows = _rolling_windows(tokens, _prefix_token_id(tokenizer), length, length - stride + 1)
+    tokens = encode_texts(tokenizer, [text], _adds_bos(model))[0]
+    windows = _rolling_windows(tokens, prefix_token_id(tokenizer), length, length - stride + 1)
     items = [((context + targets)[-(length + 1) :], len(targets)) for context, targets in windows]
     scored = _score_sequences(runner, items, batch_size)
     return math.fsum(total for total, _ in scored), len(tokens)

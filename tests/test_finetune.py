@@ -13,7 +13,8 @@ from torch import nn
 from jdna.artifact import read_artifact
 from jdna.finetune import FinetuneConfig, Interrupted, load_classification_task, run_finetune, training_items
 from jdna.finetune.data import Schedule
-from jdna.finetune.masking import MaskEnforcer, chain_masks, dense_ref
+from jdna.finetune.masking import MaskEnforcer, dense_ref
+from jdna.masks import effective_masks
 from jdna.models import canonical_parameters, load_model, resolve
 from tests.cli import run
 from tests.conftest import WORDS, InterruptAt, model_parameters, prune_record
@@ -47,7 +48,7 @@ def task_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_mode_invariants(which: str, request: pytest.FixtureRequest, task_file: Path) -> None:
     model_dir = request.getfixturevalue(which)
     pruned = prune_record(model_dir)
-    masks = chain_masks(resolve(pruned["path"]))
+    masks = effective_masks(resolve(pruned["path"]).chain)
     dense_model, _ = load_model(resolve(str(model_dir)))
     dense = {name: p.detach().clone() for name, p in canonical_parameters(dense_model).items()}
     records = {}
@@ -188,8 +189,8 @@ def test_resume_after_interrupt_equals_uninterrupted(tiny_bert: Path, task_file:
 
 def test_dense_ref_and_masks(tiny_llama: Path) -> None:
     ref = resolve(prune_record(tiny_llama)["path"])
-    assert dense_ref(ref).chain == [] and len(chain_masks(ref)) > 0
-    assert chain_masks(resolve(str(tiny_llama))) == {}
+    assert dense_ref(ref).chain == [] and len(effective_masks(ref.chain)) > 0
+    assert effective_masks(resolve(str(tiny_llama)).chain) == {}
 
 
 @pytest.mark.parametrize(

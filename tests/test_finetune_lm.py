@@ -18,7 +18,8 @@ from jdna.finetune import FinetuneConfig, Interrupted, load_finetune_task, run_f
 from jdna.finetune.data import Schedule
 from jdna.finetune.lm import LM_HEAD, encode_lm_items, mean_answer_loss, prompt_answer_pairs
 from jdna.finetune.loop import TrainSettings, train
-from jdna.finetune.masking import MaskEnforcer, chain_masks
+from jdna.finetune.masking import MaskEnforcer
+from jdna.masks import effective_masks
 from jdna.models import canonical_parameters, load_model, resolve
 from jdna.tasks import format_mc_prompt, format_prompt
 from tests.cli import run
@@ -152,7 +153,7 @@ def test_training_reduces_answer_loss(tiny_llama: Path, mc_file: Path, tmp_path:
 
 def test_mode_invariants_on_the_lm_path(tiny_llama: Path, mc_file: Path) -> None:
     pruned = prune_record(tiny_llama)
-    masks = chain_masks(resolve(pruned["path"]))
+    masks = effective_masks(resolve(pruned["path"]).chain)
     dense = model_parameters(str(tiny_llama))
     for mode in ("sparse", "freeze", "regrow", "dense"):
         result = run("finetune", pruned["path"], "--task", f"file:{mc_file}", "--mode", mode, *FAST)
@@ -184,7 +185,7 @@ def test_sparse_lm_training_keeps_adam_moments_zero(tiny_llama: Path, mc_file: P
     ref = resolve(prune_record(tiny_llama)["path"])
     task = load_finetune_task(f"file:{mc_file}")
     model, tokenizer = load_model(ref, head=LM_HEAD)
-    masks = chain_masks(ref)
+    masks = effective_masks(ref.chain)
     enforcer = MaskEnforcer.build(model, masks, "sparse")
     data = encode_lm_items(task.train_items, task, tokenizer, max_length=64)
     schedule = Schedule(len(data), batch_size=8, grad_accum=2, epochs=2, seed=0)

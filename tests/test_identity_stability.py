@@ -37,7 +37,9 @@ PINNED = {
     "quantize-gptq": "1d7c950282e4b191eb4997851866b16c903ddca17a220990366c9692a1b7219b",
     "lowrank": "f0d13fd6178ad18179a806e6d9b09596c90f35ec2cf95596475afef307bc5844",
     "finetune-sparse": "c891eaa6fce2080affe2cf38b8a21fcef8c8e9d72719076050836b9ec882861d",
-    "finetune-validation": "0b7c8be38d05ec4aa7be1158b94f27eaa9e59a5b4a23ca9cd0ad68f8da799c12",
+    # Changed on purpose (h/evalside): fine-tuning's validation record now has `jdna eval`'s id recipe, which
+    # includes the protocol version (was 0b7c8be3...). A cached finetuned artifact still names its old record.
+    "finetune-validation": "c85d65b00f29a46f3a75e23b12e5c93587375b3b99a4bd62f57dc165dc867b1e",
     "eval": "5b416d91cfc4856995413be3adbdcfd4fd57c6512fa365dc889f3c66142400b6",
 }
 # On a GPU machine `auto` would compute on CUDA (in bf16), which enters the ids of calibrated and trained steps

@@ -20,16 +20,7 @@ check_imports = importlib.util.module_from_spec(_spec)
 sys.modules["check_imports"] = check_imports  # dataclasses look their module up by name
 _spec.loader.exec_module(check_imports)
 
-KNOWN_VIOLATIONS = {
-    "cycle: jdna.evaluation, jdna.evaluation.classification, jdna.finetune",
-    "private: jdna.finetune.lm uses jdna.scoring._encode",
-    "private: jdna.finetune.lm uses jdna.scoring._encode_choice_requests",
-    "private: jdna.finetune.lm uses jdna.scoring._prefix_token_id",
-    "private: jdna.finetune.lm uses jdna.scoring._split_whole",
-    "layer: jdna.evaluation imports jdna.finetune.distributed",
-    "layer: jdna.evaluation.classification imports jdna.finetune",
-    "layer: jdna.evaluation.multiple_choice imports jdna.finetune.multiple_choice",
-}
+KNOWN_VIOLATIONS: set[str] = set()
 
 
 def test_import_contracts_hold_but_for_the_known_violations() -> None:

@@ -253,7 +253,7 @@ def test_shared_few_shot_prefix_is_grouped(lm):
         ChoiceRequest(SHOTS + f"Question: {w}?\nAnswer:", [" yes", " no", " word"]) for w in WORDS[:6]
     ]
     requests.append(ChoiceRequest("four five", [" six", " seven"]))  # shares nothing: its own group
-    encoded = scoring._encode_choice_requests(tok, requests, add_bos=False)
+    encoded = scoring.encode_choice_requests(tok, requests, add_bos=False)
     units = scoring._build_units(encoded, 256)
     groups = scoring._group_units(units, scoring.MIN_SHARED_PREFIX)
     assert [sorted(members) for _, members in groups] == [list(range(6)), [6]]

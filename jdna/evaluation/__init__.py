@@ -4,7 +4,7 @@
 model (split, limit, options, shots) and checks everything it can before loading a model, then hands the
 items to the evaluator registered for the task's kind (`EVALUATORS`: multiple_choice, generation,
 perplexity, classification). The record follows docs/records.md; it is written atomically to `output` or to
-`runs/eval/<id[:20]>.json`, where `id` = artifact_id(model identity, "eval", params) and params are the task,
+`runs/eval/<id[:20]>.json`, where `id` = `records.eval_identity(model identity, params)` and params are the task,
 its kind, every knob, the protocol version and the sha256 of every file the task was read from (not the batch
 size, which does not change predictions). Each record also carries lm-eval's `results` shape.
 """
@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from jdna.artifact import artifact_id, versions
+from jdna.distributed import data_parallel
 from jdna.errors import JdnaError, unknown_name_error
 from jdna.evaluation import classification, generation, multiple_choice, perplexity  # noqa: F401  (registration)
 from jdna.evaluation.base import (
@@ -30,20 +30,24 @@ from jdna.evaluation.base import (
     EVALUATORS,
     KIND_KNOBS,
     KNOB_FLAGS,
+    KNOB_SETTINGS,
     LIMIT_MODES,
     SPLITS,
     TRANSFER_MODES,
     EvalConfig,
     EvalContext,
+    ModelCache,
     Outcome,
     Prepared,
+    Transfer,
     draw_all_shots,
 )
 from jdna.evaluation.lmeval_results import results_block
+from jdna.evaluation.records import build_record, default_record_path, eval_identity, model_block
 from jdna.io import write_json_atomic, write_text_atomic
 from jdna.models import ModelRef
 from jdna.outputs import Claim, check_target, claim_output, claim_record, model_inputs
-from jdna.paths import expand, runs_dir
+from jdna.paths import expand
 from jdna.placement import Placement, resolve_placement
 from jdna.progress import Reporter
 from jdna.tasks import Item, Task, load_task, parse_spec, restrict_options, split_answerable
@@ -55,6 +59,10 @@ __all__ = [
     "EVAL_PROTOCOL_VERSION",
     "LIMIT_MODES",
     "EvalConfig",
+    "ModelCache",
+    "Transfer",
+    "build_record",
+    "eval_identity",
     "parse_limit",
     "prepare",
     "run_evals",
@@ -157,14 +165,8 @@ def limited(items: list[Item], limit: int | float | None, mode: str, seed: int) 
 
 def _check_knobs(task: Task, config: EvalConfig) -> None:
     allowed = KIND_KNOBS[task.kind]
-    given = {
-        "shots": config.shots or None,
-        "options": config.options,
-        "context_tokens": config.context_tokens,
-        "context_fraction": config.context_fraction,
-        "train_fraction": config.train_fraction,
-        "train_examples": config.train_examples,
-    }
+    given = {setting: getattr(config, setting) for setting in KNOB_SETTINGS}
+    given["shots"] = config.shots or None  # 0 shots is the default, not a knob given
     for knob, value in given.items():
         if value is not None and knob not in allowed:
             takes = ", ".join(KNOB_FLAGS[k] for k in allowed) or "no difficulty knobs"
@@ -173,7 +175,7 @@ def _check_knobs(task: Task, config: EvalConfig) -> None:
                 f"drop {KNOB_FLAGS[knob]}"
             )
     if config.context_knob and not any(item.context for item in task.items + task.train_items):
-        flag = "--context-tokens" if config.context_tokens is not None else "--context-fraction"
+        flag = KNOB_FLAGS["context_tokens" if config.context_tokens is not None else "context_fraction"]
         raise JdnaError(f"{flag} needs context documents, but {config.task} has none: drop it")
 
 
@@ -249,10 +251,6 @@ def eval_params(ref: ModelRef, prepared: Prepared, config: EvalConfig) -> dict[s
     }
 
 
-def default_record_path(identity: str) -> Path:
-    return runs_dir() / "eval" / f"{identity[:20]}.json"
-
-
 def summary(record: dict[str, Any]) -> dict[str, Any]:
     """The stdout line: the record without its bulky per-item data."""
     return {key: value for key, value in record.items() if key != "per_item"}
@@ -266,20 +264,6 @@ def _read_cached(path: Path, identity: str) -> dict[str, Any] | None:
     if isinstance(record, dict) and record.get("kind") == "eval" and record.get("id") == identity:
         return record
     return None
-
-
-def _model_block(ref: ModelRef) -> dict[str, Any]:
-    from jdna.sparsity import model_block_fields
-
-    return {
-        "name": ref.display_name,
-        "id": ref.identity,
-        "base": ref.base.name,
-        "base_sha256": ref.base.sha256,
-        "lineage": ref.lineage(),
-        "compression": ref.compression(),
-        **model_block_fields(ref),  # dense_parent; measured zeros of a model pruned outside jdna
-    }
 
 
 def auto_dtype(device: torch.device, stored: torch.dtype) -> torch.dtype:
@@ -314,6 +298,8 @@ def run_eval(
     reporter: Reporter | None = None,
     force: bool = False,
     placement: Placement | None = None,
+    transfer: Transfer | None = None,
+    models: ModelCache | None = None,
 ) -> dict[str, Any]:
     """Evaluate the model `ref` names on `config.task`; returns the full record (see docs/records.md).
 
@@ -325,11 +311,15 @@ def run_eval(
     and a CUDA device enter the content address. Under ``torchrun``/``accelerate launch`` every process calls
     this, the scoring is split between them (jdna/evaluation/parallel.py), every process returns the same
     record and rank 0 alone writes it.
-    """
-    from jdna.finetune.distributed import data_parallel
 
+    `transfer` is the fine-tuning step a classification task runs first when the model has no head for it (the
+    command layer passes `jdna.finetune.EvalTransfer`); `models` keeps a loaded model for the next task.
+    """
     with data_parallel() as dist:
-        return _run_eval(ref, config, output, reporter or Reporter(), force, placement or default_placement(ref), dist)
+        return _run_eval(
+            ref, config, output, reporter or Reporter(), force, placement or default_placement(ref), dist,
+            transfer, models,
+        )
 
 
 def _run_eval(
@@ -340,18 +330,20 @@ def _run_eval(
     force: bool,
     placement: Placement,
     dist: Any,
+    transfer: Transfer | None = None,
+    models: ModelCache | None = None,
 ) -> dict[str, Any]:
     started = time.perf_counter()
     prepared = prepare(config)
     evaluator = EVALUATORS.get(prepared.task.kind)
-    evaluator.check(ref, prepared, config)
+    evaluator.check(ref, prepared, config, transfer)
     if dist.enabled and dist.device is not None:  # the launcher's device per process wins
         placement = replace(placement, device=dist.device, device_map=None)
     params = eval_params(ref, prepared, config)
     compute = placement.id_params(device_matters=True)
     if compute:
         params["compute"] = compute
-    identity = artifact_id(ref.identity, "eval", params)
+    identity = eval_identity(ref.identity, params)
     path = Path(output) if output else default_record_path(identity)
     cached = _read_cached(path, identity) if path.exists() and not force else None
     if dist.enabled:  # every process takes rank 0's decision, so none waits in a collective alone
@@ -386,26 +378,24 @@ def _run_eval(
         reporter.log(f"data-parallel over {dist.world_size} processes ({dist.backend}): each scores a shard")
     ctx = EvalContext(
         ref=ref, config=config, prepared=prepared, reporter=reporter, device=device, dtype=dtype,
-        device_map=placement.device_map, dist=dist,
+        device_map=placement.device_map, dist=dist, transfer=transfer, models=models,
     )
     outcome = evaluator.run(ctx)
     total = time.perf_counter() - started
-    record: dict[str, Any] = {
-        "kind": "eval",
-        "path": str(path),
-        "id": identity,
-        "cached": False,
-        "task": config.task,
-        "task_kind": prepared.task.kind,
-        "knobs": config.knobs(),
-        "primary_metric": next(iter(outcome.metrics)),
-        "metrics": outcome.metrics,
-        "higher_is_better": evaluator.higher_is_better,
-        "n": n,
-        "excluded": prepared.excluded,
-        "model": _model_block(ref),
-        "transfer": outcome.transfer,
-        "protocol": {
+    record = build_record(
+        identity=identity,
+        path=path,
+        task=config.task,
+        task_kind=prepared.task.kind,
+        knobs=config.knobs(),
+        primary_metric=next(iter(outcome.metrics)),
+        metrics=outcome.metrics,
+        higher_is_better=evaluator.higher_is_better,
+        n=n,
+        excluded=prepared.excluded,
+        model=model_block(ref),
+        transfer=outcome.transfer,
+        protocol={
             "version": EVAL_PROTOCOL_VERSION,
             "shot_pool": prepared.shot_pool,
             "task_source": prepared.task.source,
@@ -416,17 +406,18 @@ def _run_eval(
                 if k not in ("protocol", "task", "kind", "knobs", "shot_pool", "compute")
             },
         },
-        **outcome.extra,
-        **placement.record(),
-        **({"world_size": dist.world_size} if dist.enabled else {}),
-        "per_item": outcome.per_item,
-        "timing": {
+        extra={
+            **outcome.extra,
+            **placement.record(),
+            **({"world_size": dist.world_size} if dist.enabled else {}),
+        },
+        per_item=outcome.per_item,
+        timing={
             "seconds": round(total, 3),
             "scoring_seconds": round(outcome.seconds, 3),
             "items_per_second": round(n / outcome.seconds, 3) if outcome.seconds > 0 else None,
         },
-        "versions": versions(),
-    }
+    )
     pool = prepared.task.items if config.split == "test" else prepared.task.train_items
     task_key = prepared.task.name if prepared.task.source == "lmeval" else config.task
     record.update(results_block(task_key, outcome.metrics, outcome.item_values, config.shots, n, len(pool)))
@@ -461,17 +452,22 @@ def run_evals(
     reporter: Reporter | None = None,
     force: bool = False,
     placement: Placement | None = None,
+    transfer: Transfer | None = None,
 ) -> Iterator[dict[str, Any]]:
     """`run_eval` for each config in turn (`jdna eval --tasks a,b`), yielding each record as it is done.
 
     Every task is prepared first, so a bad task or knob fails before the first model is loaded. `output`
-    names one record file, so it takes a single config.
+    names one record file, so it takes a single config. The model is loaded once, by the first task that
+    scores it, and reused by the next ones.
     """
     if output is not None and len(configs) > 1:
         raise JdnaError("-o names one record file, but several tasks were given: drop -o (records go to runs/eval/)")
     for config in configs:
         prepare(config)
+    models = ModelCache()  # the model is loaded by the first task that needs it and reused by the others
     for index, config in enumerate(configs, 1):
         if reporter is not None and len(configs) > 1:
             reporter.log(f"task {index}/{len(configs)}: {config.task}")
-        yield run_eval(ref, config, output, reporter, force=force, placement=placement)
+        yield run_eval(
+            ref, config, output, reporter, force=force, placement=placement, transfer=transfer, models=models
+        )

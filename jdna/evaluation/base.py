@@ -8,6 +8,7 @@ that can be checked without a model is checked before any model is loaded.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,8 @@ from jdna.metrics import bootstrap_ci
 from jdna.models import ModelRef
 from jdna.progress import Reporter
 from jdna.registry import Registry
-from jdna.tasks import Item, Task, draw_shots
+from jdna.tasks import KIND_KNOBS as TASK_KIND_KNOBS
+from jdna.tasks import KNOB_SPECS, Item, Task, draw_shots, knob_flag, knob_of
 
 # Bumped whenever a change to prompting, scoring or metrics could change a result: part of every eval's
 # content address, so old records are not served as cache hits for a different protocol.
@@ -33,24 +35,6 @@ SPLITS = ("test", "train")
 LIMIT_MODES = ("sample", "first")
 TRANSFER_MODES = ("sparse", "dense", "freeze", "regrow")
 BOOTSTRAP_RESAMPLES = 1000
-
-# The knobs (EvalConfig field names) each task kind takes; any other knob given is an error.
-KIND_KNOBS: dict[str, tuple[str, ...]] = {
-    "multiple_choice": ("shots", "options"),
-    "generation": ("shots", "context_tokens", "context_fraction"),
-    "classification": ("train_fraction", "train_examples"),
-    "perplexity": (),
-}
-
-KNOB_FLAGS = {
-    "shots": "--shots",
-    "options": "--options",
-    "context_tokens": "--context-tokens",
-    "context_fraction": "--context-fraction",
-    "train_fraction": "--train-fraction",
-    "train_examples": "--train-examples",
-}
-
 
 @dataclass(frozen=True)
 class EvalConfig:
@@ -98,6 +82,19 @@ class EvalConfig:
         }
 
 
+# The knob settings, in EvalConfig's field order (the order knob errors are reported in); the knob vocabulary
+# is jdna.tasks' (`KNOB_SPECS`): a setting is at once an EvalConfig field, a record `knobs` key and a flag.
+KNOB_SETTINGS: tuple[str, ...] = tuple(
+    f.name for f in dataclasses.fields(EvalConfig) if any(f.name in knob.settings for knob in KNOB_SPECS)
+)
+# The settings each task kind takes (jdna.tasks.KIND_KNOBS); any other setting given is an error.
+KIND_KNOBS: dict[str, tuple[str, ...]] = {
+    kind: tuple(setting for setting in KNOB_SETTINGS if knob_of(setting).name in knobs)
+    for kind, knobs in TASK_KIND_KNOBS.items()
+}
+KNOB_FLAGS = {setting: knob_flag(setting) for setting in KNOB_SETTINGS}
+
+
 @dataclass
 class Prepared:
     """The task after the model-independent knobs: the items to evaluate and each item's demonstrations.
@@ -125,9 +122,13 @@ class EvalContext:
     model: Any = None
     tokenizer: Any = None
     # accelerate's placement (--device-map), and the data-parallel group whose processes share the scoring
-    # (a jdna.finetune.distributed.Dist; None or world size 1: one process). See jdna/evaluation/parallel.py.
+    # (a jdna.distributed.Dist; None or world size 1: one process). See jdna/evaluation/parallel.py.
     device_map: str | None = None
     dist: Any = None
+    # The fine-tuning step a classification task without a head needs (see `Transfer`); None: not available.
+    transfer: Transfer | None = None
+    # Models already loaded by an earlier task of the same run (`jdna eval --tasks a,b`): see `ModelCache`.
+    models: ModelCache | None = None
 
 
 @dataclass
@@ -145,11 +146,26 @@ class Outcome:
     item_values: dict[str, list[float]] = field(default_factory=dict)
 
 
+class Transfer(Protocol):
+    """The transfer (fine-tuning) step a classification task needs when the model has no head for it.
+
+    Evaluation sits below fine-tuning in jdna's layers, so it never imports it: the command layer passes one
+    in (`jdna.finetune.EvalTransfer` for `jdna eval`). `mode` is the transfer mode (sparse, dense, ...).
+    """
+
+    def check(self, ref: ModelRef, config: EvalConfig, mode: str) -> None:
+        """The fine-tuning flags and model checks, before any weights are loaded; raise JdnaError."""
+
+    def run(self, ref: ModelRef, config: EvalConfig, mode: str, reporter: Reporter) -> dict[str, Any]:
+        """Fine-tune `ref` for `config.task`; returns the finetuned artifact's stdout record."""
+
+
 class Evaluator(Protocol):
     higher_is_better: bool
 
-    def check(self, ref: ModelRef, prepared: Prepared, config: EvalConfig) -> None:
-        """Model-dependent checks that need no weights (model family, heads); raise JdnaError."""
+    def check(self, ref: ModelRef, prepared: Prepared, config: EvalConfig, transfer: Transfer | None = None) -> None:
+        """Model-dependent checks that need no weights (model family, heads); raise JdnaError. `transfer` is
+        the fine-tuning step a classification task without a head runs first (None: not available)."""
 
     def id_params(self, ref: ModelRef, prepared: Prepared, config: EvalConfig) -> dict[str, Any]:
         """Kind-specific parameters that enter the content address."""
@@ -202,15 +218,51 @@ def metric_entry(value: float, ci: Sequence[float]) -> dict[str, Any]:
     return {"value": round(float(value), 6), "ci95": [round(float(c), 6) for c in ci]}
 
 
-def load_lm(ctx: EvalContext) -> tuple[Any, Any, float]:
-    """The causal LM and tokenizer on the context's device and dtype, and the seconds it took."""
+class ModelCache:
+    """The model the last task loaded, kept for the next task of the same run, so that `jdna eval --tasks a,b`
+    loads it once. One entry: a task needing another model (a fine-tuned head) replaces it."""
+
+    def __init__(self) -> None:
+        self._key: tuple[Any, ...] | None = None
+        self._loaded: tuple[Any, Any] | None = None
+
+    def get(self, key: tuple[Any, ...]) -> tuple[Any, Any] | None:
+        return self._loaded if self._key == key else None
+
+    def put(self, key: tuple[Any, ...], loaded: tuple[Any, Any]) -> None:
+        self._key, self._loaded = key, loaded
+
+    def clear(self) -> None:
+        self._key, self._loaded = None, None
+
+
+def load_model_for(
+    ctx: EvalContext, ref: ModelRef, message: str, device_map: str | None = None
+) -> tuple[Any, Any, float]:
+    """`ref` as a transformers model on the context's device and dtype, and the seconds loading took; taken from
+    the run's `ModelCache` when an earlier task loaded it. `message` is logged when it is loaded now."""
     import time
 
     from jdna.models import load_model
 
+    key = (ref.identity, str(ctx.device), str(ctx.dtype), device_map)
+    if ctx.models is not None:
+        cached = ctx.models.get(key)
+        if cached is not None:
+            ctx.reporter.log(f"reusing {ref.display_name}, loaded for the previous task")
+            return (*cached, 0.0)
+        ctx.models.clear()  # the old model goes before the next one loads
+    ctx.reporter.log(message)
+    started = time.perf_counter()
+    model, tokenizer = load_model(ref, device=ctx.device, dtype=ctx.dtype, device_map=device_map)
+    if ctx.models is not None:
+        ctx.models.put(key, (model, tokenizer))
+    return model, tokenizer, time.perf_counter() - started
+
+
+def load_lm(ctx: EvalContext) -> tuple[Any, Any, float]:
+    """The causal LM and tokenizer on the context's device and dtype, and the seconds it took."""
     if ctx.model is not None:
         return ctx.model, ctx.tokenizer, 0.0
-    started = time.perf_counter()
-    ctx.reporter.log(f"loading {ctx.ref.display_name} ({ctx.device.type}, {str(ctx.dtype).replace('torch.', '')})")
-    model, tokenizer = load_model(ctx.ref, device=ctx.device, dtype=ctx.dtype, device_map=ctx.device_map)
-    return model, tokenizer, time.perf_counter() - started
+    dtype = str(ctx.dtype).replace("torch.", "")
+    return load_model_for(ctx, ctx.ref, f"loading {ctx.ref.display_name} ({ctx.device.type}, {dtype})", ctx.device_map)

@@ -1,20 +1,19 @@
 """Classification: a fine-tuned sequence-classification head's predictions, scored with the task's metrics.
 
 A classification task needs a model whose chain carries a head fine-tuned for it (`jdna.models.head_of`).
-Without one, eval first runs the task's fine-tuning protocol (`jdna.finetune.run_finetune`): `sparse`
-transfer when the model carries pruning masks (pruned weights stay zero), else `dense`; `--transfer-mode`
-overrides. The fine-tuned artifact is content-addressed like any step, so a second eval reuses it; the
-record's `transfer` says what was done.
+Without one, eval first runs the task's fine-tuning protocol, the `Transfer` step the command layer passes in
+(`jdna.finetune.EvalTransfer`: evaluation never imports fine-tuning): `sparse` transfer when the model still
+obeys pruning masks (pruned weights stay zero), else `dense`; `--transfer-mode` overrides. The fine-tuned
+artifact is content-addressed like any step, so a second eval reuses it; the record's `transfer` says what
+was done.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Any
 
 import numpy as np
-import torch
 
 from jdna.errors import JdnaError
 from jdna.evaluation.base import (
@@ -24,23 +23,22 @@ from jdna.evaluation.base import (
     EvalContext,
     Outcome,
     Prepared,
+    Transfer,
+    load_model_for,
     metric_entry,
 )
+from jdna.evaluation.classifier import encode_items, forward_batches, is_regression, pad_id_of
+from jdna.masks import mask_owners
 from jdna.metrics import bootstrap_ci, get_metric
-from jdna.models import ModelRef, load_model, resolve
+from jdna.models import ModelRef, resolve
 
 _CPU_TOKENS_PER_BATCH = 4096
 _CUDA_TOKENS_PER_BATCH = 65536
 _MAX_LENGTH = 512
 
 
-def is_regression(prepared: Prepared) -> bool:
-    task = prepared.task
-    return not task.labels and any(item.target is not None for item in task.items + task.train_items)
-
-
 def n_outputs(prepared: Prepared) -> int:
-    if is_regression(prepared):
+    if is_regression(prepared.task):
         return 1
     labels = prepared.task.labels
     if labels:
@@ -65,40 +63,25 @@ def matching_head(ref: ModelRef, prepared: Prepared, config: EvalConfig) -> dict
 
 
 def has_masks(ref: ModelRef) -> bool:
-    return any(artifact.header.get("masks") for artifact in ref.chain)
+    """Whether the model still obeys a pruning mask (jdna.masks' one rule)."""
+    return any(owner is not None for owner in mask_owners(ref.chain).values())
 
 
 def transfer_mode(ref: ModelRef, config: EvalConfig) -> str:
     return config.transfer_mode or ("sparse" if has_masks(ref) else "dense")
 
 
-def _finetune_api() -> tuple[Any, Any]:
-    try:
-        from jdna.finetune import FinetuneConfig, run_finetune
-    except ImportError as error:
-        raise JdnaError(
-            "this model has no head fine-tuned for the task, and jdna's fine-tuning engine is not available "
-            f"({error}): pipe a model from 'jdna finetune' instead"
-        ) from None
-    return FinetuneConfig, run_finetune
-
-
-def _finetune_config(finetune_config_cls: Any, ref: ModelRef, config: EvalConfig) -> Any:
-    wanted: dict[str, Any] = {
-        "task": config.task,
-        "mode": transfer_mode(ref, config),
-        "train_fraction": config.train_fraction,
-        "train_examples": config.train_examples,
-        "seed": config.seed,
-    }
-    fields = {f.name for f in dataclasses.fields(finetune_config_cls)}
-    return finetune_config_cls(**{key: value for key, value in wanted.items() if key in fields})
+def _no_transfer(config: EvalConfig) -> JdnaError:
+    return JdnaError(
+        f"this model has no head fine-tuned for {config.task}, and no fine-tuning step was given to train one: "
+        "pipe a model from 'jdna finetune' instead"
+    )
 
 
 class Classification:
     higher_is_better = True
 
-    def check(self, ref: ModelRef, prepared: Prepared, config: EvalConfig) -> None:
+    def check(self, ref: ModelRef, prepared: Prepared, config: EvalConfig, transfer: Transfer | None = None) -> None:
         if matching_head(ref, prepared, config) is not None:
             given = [
                 flag
@@ -122,14 +105,9 @@ class Classification:
                 f"task {config.task} has no training data, so the model cannot be fine-tuned for it: "
                 "pipe a model fine-tuned for this task"
             )
-        finetune_config_cls, _ = _finetune_api()
-        from jdna import finetune
-
-        finetune_config = _finetune_config(finetune_config_cls, ref, config)
-        for name in ("plan", "check_model"):  # the engine's own flag and model checks, before any weights
-            step = getattr(finetune, name, None)
-            if callable(step):
-                step(*((finetune_config,) if name == "plan" else (ref, finetune_config)))
+        if transfer is None:
+            raise _no_transfer(config)
+        transfer.check(ref, config, transfer_mode(ref, config))  # the engine's flag and model checks, no weights
 
     def id_params(self, ref: ModelRef, prepared: Prepared, config: EvalConfig) -> dict[str, Any]:
         if matching_head(ref, prepared, config) is not None:
@@ -138,14 +116,14 @@ class Classification:
 
     def _finetune(self, ctx: EvalContext) -> tuple[ModelRef, dict[str, Any]]:
         config = ctx.config
-        finetune_config_cls, run_finetune = _finetune_api()
+        if ctx.transfer is None:
+            raise _no_transfer(config)
         mode = transfer_mode(ctx.ref, config)
         ctx.reporter.log(
             f"'{ctx.ref.display_name}' has no head for {config.task}: fine-tuning it first ({mode} transfer, "
             "the task's protocol)"
         )
-        finetune_config = _finetune_config(finetune_config_cls, ctx.ref, config)
-        finetuned = run_finetune(ctx.ref, finetune_config, reporter=ctx.reporter)
+        finetuned = ctx.transfer.run(ctx.ref, config, mode, ctx.reporter)
         path = finetuned["path"]
         transfer = {
             "mode": mode,
@@ -164,12 +142,9 @@ class Classification:
                 raise JdnaError(
                     f"fine-tuning produced '{ref.display_name}', whose head does not match task {config.task}"
                 )
-        started = time.perf_counter()
-        ctx.reporter.log(f"loading {ref.display_name} ({ctx.device.type})")
-        model, tokenizer = load_model(ref, device=ctx.device, dtype=ctx.dtype)
-        load_seconds = time.perf_counter() - started
+        model, tokenizer, load_seconds = load_model_for(ctx, ref, f"loading {ref.display_name} ({ctx.device.type})")
         items = prepared.items
-        regression = is_regression(prepared)
+        regression = is_regression(prepared.task)
         started = time.perf_counter()
         outputs = _predict(model, tokenizer, items, ctx)
         seconds = time.perf_counter() - started
@@ -219,48 +194,32 @@ class Classification:
         )
 
 
-@torch.inference_mode()
 def _predict(model: Any, tokenizer: Any, items: list[Any], ctx: EvalContext) -> np.ndarray:
-    """Logits of every item, batched by length (longest first); row order follows `items`."""
+    """Logits of every item, batched by length (longest first) within a token budget; row order follows `items`."""
     limit = min(
         _MAX_LENGTH,
         int(getattr(model.config, "max_position_embeddings", _MAX_LENGTH) or _MAX_LENGTH),
         int(min(getattr(tokenizer, "model_max_length", _MAX_LENGTH), 10**7)),
     )
-    firsts = [(item.text_pair or (item.question, None))[0] for item in items]
-    seconds = [(item.text_pair or (item.question, None))[1] for item in items]
-    if any(second is not None for second in seconds):
-        encoded = tokenizer(firsts, [s or "" for s in seconds], truncation=True, max_length=limit)
-    else:
-        encoded = tokenizer(firsts, truncation=True, max_length=limit)
-    ids = encoded["input_ids"]
-    types = encoded.get("token_type_ids")
-    order = sorted(range(len(items)), key=lambda i: (-len(ids[i]), i))
+    data = encode_items(items, tokenizer, limit, regression=False)  # labels unused: scored from the items
+    lengths = [len(ids) for ids in data.input_ids]
+    order = sorted(range(len(items)), key=lambda i: (-lengths[i], i))
     budget = _CUDA_TOKENS_PER_BATCH if ctx.device.type == "cuda" else _CPU_TOKENS_PER_BATCH
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    out: np.ndarray | None = None
+    batches = []
     start = 0
     while start < len(order):
-        width = len(ids[order[start]])
-        count = ctx.config.batch_size or max(1, budget // max(1, width))
-        chunk = order[start : start + count]
+        count = ctx.config.batch_size or max(1, budget // max(1, lengths[order[start]]))
+        batches.append(order[start : start + count])
         start += count
-        input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        token_types = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, i in enumerate(chunk):
-            input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
-            mask[row, : len(ids[i])] = 1
-            if types is not None:
-                token_types[row, : len(ids[i])] = torch.tensor(types[i])
-        kwargs = {"input_ids": input_ids.to(ctx.device), "attention_mask": mask.to(ctx.device)}
-        if types is not None:
-            kwargs["token_type_ids"] = token_types.to(ctx.device)
-        logits = model(**kwargs).logits.float().cpu().numpy()
+    out: np.ndarray | None = None
+    done = 0
+    for chunk, logits, _ in forward_batches(model, data, batches, pad_id_of(tokenizer), ctx.device):
+        values = logits.cpu().numpy()
         if out is None:
-            out = np.zeros((len(items), logits.shape[1]), dtype=np.float32)
-        out[chunk] = logits
-        ctx.reporter.progress("classify", min(start, len(order)), len(order))
+            out = np.zeros((len(items), values.shape[1]), dtype=np.float32)
+        out[chunk] = values
+        done += len(chunk)
+        ctx.reporter.progress("classify", done, len(order))
     assert out is not None
     return out
 

@@ -22,6 +22,7 @@ from jdna.evaluation.base import (
     EvalContext,
     Outcome,
     Prepared,
+    Transfer,
     interval,
     load_lm,
     metric_entry,
@@ -50,7 +51,7 @@ def stop_strings(fmt: PromptFormat) -> list[str]:
 class Generation:
     higher_is_better = True
 
-    def check(self, ref: ModelRef, prepared: Prepared, config: EvalConfig) -> None:
+    def check(self, ref: ModelRef, prepared: Prepared, config: EvalConfig, transfer: Transfer | None = None) -> None:
         needs_causal_lm(ref, "generation")
         if config.max_new_tokens < 1:
             raise JdnaError(f"--max-new-tokens {config.max_new_tokens} is below 1: use e.g. 32")

@@ -6,7 +6,7 @@ Ties go to the first option, as numpy.argmax does in lm-eval.
 
 An encoder fine-tuned with a multiple-choice head (`jdna finetune` on a multiple-choice task, the paper's
 RoBERTa on CommonsenseQA) is scored by that head instead: each (question, option) pair gets a logit and the
-prediction is the argmax (`jdna.finetune.multiple_choice.score_items`); the metric is `acc` alone.
+prediction is the argmax (`jdna.evaluation.mc_head.score_items`); the metric is `acc` alone.
 """
 
 from __future__ import annotations
@@ -23,11 +23,13 @@ from jdna.evaluation.base import (
     EvalContext,
     Outcome,
     Prepared,
+    Transfer,
     interval,
     load_lm,
     metric_entry,
     needs_causal_lm,
 )
+from jdna.evaluation.mc_head import HEAD_TYPE, score_items
 from jdna.evaluation.parallel import shard_map
 from jdna.io import sha256_text
 from jdna.models import ModelRef, head_of
@@ -59,7 +61,7 @@ def predictions(scores: ChoiceScores, lengths: list[int]) -> tuple[int, int]:
 class MultipleChoice:
     higher_is_better = True
 
-    def check(self, ref: ModelRef, prepared: Prepared, config: EvalConfig) -> None:
+    def check(self, ref: ModelRef, prepared: Prepared, config: EvalConfig, transfer: Transfer | None = None) -> None:
         if _head(ref) is not None:
             if config.shots:
                 raise JdnaError(
@@ -144,16 +146,12 @@ class MultipleChoice:
 
 
 def _head(ref: ModelRef) -> dict[str, Any] | None:
-    from jdna.finetune.multiple_choice import HEAD_TYPE
-
     head = head_of(ref)
     return head if head and head.get("type") == HEAD_TYPE else None
 
 
 def run_head(ctx: EvalContext, max_length: int) -> Outcome:
     """Score the prepared items with an encoder's multiple-choice head: argmax of the option logits."""
-    from jdna.finetune.multiple_choice import score_items
-
     items = ctx.prepared.items
     model, tokenizer, load_seconds = load_lm(ctx)
     ctx.reporter.log(f"scoring {len(items)} questions with the multiple-choice head")

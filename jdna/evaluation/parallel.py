@@ -1,6 +1,6 @@
 """Data-parallel evaluation under ``torchrun`` / ``accelerate launch``: each process scores a shard.
 
-The launcher's process group is the one fine-tuning uses (`jdna.finetune.distributed.data_parallel`). Every
+The launcher's process group is the one fine-tuning uses (`jdna.distributed.data_parallel`). Every
 process prepares the same items and loads the same model; the scoring calls (the only costly part) go
 through `shard_map`, which gives each process a contiguous, cost-balanced slice of the requests and gathers
 the results in the original order on every process. Everything after scoring (predictions, metrics, the
@@ -41,7 +41,7 @@ def shard_map(
 ) -> list[Any]:
     """`score(requests)`, computed as one contiguous shard per process and gathered in order on every process.
 
-    `dist` is a `jdna.finetune.distributed.Dist` (or None: one process). `costs` (e.g. characters per request)
+    `dist` is a `jdna.distributed.Dist` (or None: one process). `costs` (e.g. characters per request)
     balance the shards; by default each request costs 1.
     """
     if dist is None or not dist.enabled or len(requests) < 2:

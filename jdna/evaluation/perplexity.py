@@ -18,6 +18,7 @@ from jdna.evaluation.base import (
     EvalContext,
     Outcome,
     Prepared,
+    Transfer,
     load_lm,
     metric_entry,
     needs_causal_lm,
@@ -31,7 +32,7 @@ from jdna.scoring import rolling_loglikelihood
 class Perplexity:
     higher_is_better = False
 
-    def check(self, ref: ModelRef, prepared: Prepared, config: EvalConfig) -> None:
+    def check(self, ref: ModelRef, prepared: Prepared, config: EvalConfig, transfer: Transfer | None = None) -> None:
         needs_causal_lm(ref, "perplexity")
 
     def id_params(self, ref: ModelRef, prepared: Prepared, config: EvalConfig) -> dict[str, Any]:

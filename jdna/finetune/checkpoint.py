@@ -5,7 +5,7 @@ moments as ``exp_avg.<name>`` / ``exp_avg_sq.<name>``, RNG states as uint8 tenso
 run's identity, the optimizer step, the loss curve so far). Both are written atomically, the JSON last, so
 a checkpoint whose JSON names the right step is complete.
 
-Under data parallelism (`jdna.finetune.distributed`) only rank 0 writes it; the replicas' parameters and Adam
+Under data parallelism (`jdna.distributed`) only rank 0 writes it; the replicas' parameters and Adam
 moments are identical, so one copy serves all, and each process's RNG states are added as
 ``rng.rank<r>.torch`` / ``rng.rank<r>.cuda``. Every process resumes from the same checkpoint, restoring its own
 RNG states when the checkpoint has them (a checkpoint from another number of processes resumes too: ranks it

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -12,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from jdna.finetune.data import Encoded, collate
+from jdna.evaluation.classifier import Encoded, forward_batches
 from jdna.metrics import accuracy, bootstrap_ci, get_metric
 from jdna.progress import Reporter
 from jdna.tasks import Task
@@ -28,7 +27,6 @@ class Evaluation:
     seconds: float
 
 
-@torch.no_grad()
 def predict(
     model: nn.Module,
     data: Encoded,
@@ -42,19 +40,14 @@ def predict(
     model.eval()
     order = sorted(range(len(data)), key=lambda i: len(data.input_ids[i]))
     out: list[Any] = [None] * len(data)
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-    )
-    for start in range(0, len(order), batch_size):
-        indices = order[start : start + batch_size]
-        batch = collate(data, indices, pad_id)
-        batch.pop("labels")
-        with autocast:
-            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float()
+    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    done = 0
+    for indices, logits, _ in forward_batches(model, data, batches, pad_id, device, autocast=True):
         values = logits[:, 0].tolist() if data.regression else logits.argmax(dim=-1).tolist()
         for index, value in zip(indices, values):
             out[index] = value
-        reporter.progress("validation", min(start + batch_size, len(order)), len(order))
+        done += len(indices)
+        reporter.progress("validation", done, len(order))
     return out
 
 

@@ -31,8 +31,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from jdna.distributed import unwrap
 from jdna.errors import JdnaError
-from jdna.finetune.distributed import unwrap
 from jdna.models import ModelRef, head_of
 from jdna.tasks import Item, Task, format_answer, format_mc_prompt, format_prompt, subsample_train
 
@@ -111,22 +111,22 @@ def prompt_answer_pairs(
 ) -> list[tuple[list[int], list[int]]]:
     """(prompt tokens, answer tokens) of each item, tokenised as the evaluator tokenises them."""
     from jdna.evaluation.generation import stop_strings
-    from jdna.scoring import ChoiceRequest, _encode, _encode_choice_requests, _prefix_token_id, _split_whole
+    from jdna.scoring import ChoiceRequest, encode_choice_requests, encode_texts, prefix_token_id, split_whole
 
     answers = [_answer_text(task, item) for item in items]
     if task.kind == "multiple_choice":
         requests = [ChoiceRequest(format_mc_prompt(task, item)[0], [answer]) for item, answer in zip(items, answers)]
-        return [pairs[0] for pairs in _encode_choice_requests(tokenizer, requests, add_bos)]
-    prefix = _prefix_token_id(tokenizer)
+        return [pairs[0] for pairs in encode_choice_requests(tokenizer, requests, add_bos)]
+    prefix = prefix_token_id(tokenizer)
     stop = stop_strings(task.prompt_format)[0]
     prompts = [format_prompt(task, item) for item in items]
-    contexts = _encode(tokenizer, prompts, add_bos)
-    wholes = _encode(tokenizer, [p + a + stop for p, a in zip(prompts, answers)], add_bos)
-    bare = _encode(tokenizer, [p + a for p, a in zip(prompts, answers)], add_bos)
+    contexts = encode_texts(tokenizer, prompts, add_bos)
+    wholes = encode_texts(tokenizer, [p + a + stop for p, a in zip(prompts, answers)], add_bos)
+    bare = encode_texts(tokenizer, [p + a for p, a in zip(prompts, answers)], add_bos)
     eos = tokenizer.eos_token_id
     pairs = []
     for ctx, whole, plain in zip(contexts, wholes, bare, strict=True):
-        prompt, answer = ([prefix], whole) if not ctx else _split_whole(ctx, whole, prefix)
+        prompt, answer = ([prefix], whole) if not ctx else split_whole(ctx, whole, prefix)
         if whole == plain and eos is not None:  # the stop string is invisible to this tokenizer
             answer = [*answer, int(eos)]
         pairs.append((prompt, answer))

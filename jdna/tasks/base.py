@@ -35,10 +35,45 @@ DEFAULT_METRICS: dict[str, list[str]] = {
     "perplexity": ["perplexity"],
 }
 
-# Difficulty knobs (jdna.tasks.knobs): "options" = restrict_options, "shots" = draw_shots,
-# "context" = locate_window (eval flags --context-tokens N or --context-fraction F), "train_size" =
-# subsample_train (--train-examples N or --train-fraction F). One name per knob; each flag sets one knob.
-KNOBS = ("options", "shots", "context", "train_size")
+
+
+@dataclass(frozen=True)
+class Knob:
+    """A difficulty knob (jdna.tasks.knobs), the one vocabulary of tasks and evaluation: `name` is what a task
+    lists (`jdna tasks`), `settings` what sets it, each setting at once a field of
+    `jdna.evaluation.EvalConfig`, a key of the eval record's `knobs` and a flag (`knob_flag`). One name per
+    knob; each setting sets one knob."""
+
+    name: str
+    settings: tuple[str, ...]
+
+
+# "options" = restrict_options, "shots" = draw_shots, "context" = locate_window (a window of N tokens or a
+# fraction F of the evidence), "train_size" = subsample_train (N training examples or a fraction F of the pool).
+KNOB_SPECS: tuple[Knob, ...] = (
+    Knob("options", ("options",)),
+    Knob("shots", ("shots",)),
+    Knob("context", ("context_tokens", "context_fraction")),
+    Knob("train_size", ("train_fraction", "train_examples")),
+)
+KNOBS = tuple(knob.name for knob in KNOB_SPECS)
+# The knobs a task of each kind can take; a task lists those its items allow (`default_knobs`).
+KIND_KNOBS: dict[str, tuple[str, ...]] = {
+    "multiple_choice": ("options", "shots"),
+    "generation": ("shots", "context"),
+    "classification": ("train_size",),
+    "perplexity": (),
+}
+
+
+def knob_of(setting: str) -> Knob:
+    """The knob a setting (e.g. ``context_fraction``) sets."""
+    return next(knob for knob in KNOB_SPECS if setting in knob.settings)
+
+
+def knob_flag(setting: str) -> str:
+    """The command-line flag of a setting: ``context_tokens`` -> ``--context-tokens``."""
+    return "--" + setting.replace("_", "-")
 
 # Used when a source has no separate training split and the caller gives no fraction.
 DEFAULT_TRAIN_FRACTION = 0.2
@@ -164,15 +199,13 @@ class Task:
 
 
 def default_knobs(kind: str, items: Sequence[Item]) -> list[str]:
-    """Knobs that apply to a task of this kind with these items."""
-    if kind == "multiple_choice":
-        most_options = max((len(item.choices or ()) for item in items), default=0)
-        return (["options"] if most_options > 2 else []) + ["shots"]
-    if kind == "generation":
-        return ["shots"] + (["context"] if any(item.context for item in items) else [])
-    if kind == "classification":
-        return ["train_size"]
-    return []
+    """Knobs that apply to a task of this kind with these items: the kind's (`KIND_KNOBS`), less options when
+    no item has more than two and context when no item has an evidence document."""
+    applies = {
+        "options": lambda: max((len(item.choices or ()) for item in items), default=0) > 2,
+        "context": lambda: any(item.context for item in items),
+    }
+    return [knob for knob in KIND_KNOBS.get(kind, ()) if applies.get(knob, lambda: True)()]
 
 
 def check_disjoint(name: str, items: Sequence[Item], train_items: Sequence[Item]) -> None:
