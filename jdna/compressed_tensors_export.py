@@ -7,19 +7,26 @@
   ``w = scale·(code − zero)``); compressed-tensors' are signed (``w = scale·(q − zp)``), so
   ``q = code − 2^(b−1)`` and ``zp = zero − 2^(b−1)``: the same products, so the decompressed weights equal the
   ones jdna evaluates. Pruned positions get ``code = zero`` so they decompress to exactly 0 without a mask.
-* A pruned (or sparse fine-tuned) model is written with dense weights holding its exact zeros, and no
-  ``quantization_config``: compressed-tensors removed its sparse formats (``sparse-bitmask``,
-  ``sparse-24-bitmask``) in 0.15.0, the first release transformers 5 accepts, and llm-compressor now saves
-  pruned models dense the same way. The sparsity and its N:M pattern are recorded in ``jdna.json``.
+* A pruned (or sparse fine-tuned) model is written in compressed-tensors' sparse layouts, which jdna writes
+  itself because compressed-tensors removed its sparse compressors in 0.15.0 (the first release transformers 5
+  accepts; 0.14.0.1 is the last that decompresses them, with transformers < 5):
+  ``sparse-24-bitmask`` when every prunable matrix is 2:4 (per row, each group of four consecutive weights
+  keeps two positions: ``compressed`` (rows, cols/2) holds their values in row-major order, ``bitmask``
+  (uint8, rows × ceil(cols/8), little-endian bit order) marks them, ``shape`` (2, 1) int64), else
+  ``sparse-bitmask`` (``compressed`` the non-zeros in row-major order, ``bitmask`` the same packing,
+  ``row_offsets`` int64 index of each row's first value, ``shape`` (2,) int64) on the matrices where it saves
+  bytes. jdna reads both back itself (:func:`decompress_state_dict`), whatever compressed-tensors is installed.
 * Low-rank factors have no compressed-tensors format: such a model is refused (export it with ``--format hf``).
 """
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -161,6 +168,156 @@ def _pack_quantized(artifact: Artifact, model: nn.Module, work: Path) -> dict[st
     }
 
 
+SPARSE_24 = "sparse-24-bitmask"
+SPARSE_BITMASK = "sparse-bitmask"
+SPARSE_FORMATS = (SPARSE_24, SPARSE_BITMASK)
+# The last compressed-tensors release whose decompressors read the sparse layouts (it needs transformers < 5).
+LAST_SPARSE_READER = "0.14.0.1"
+_SPARSE_KEYS = {SPARSE_24: ("shape", "compressed", "bitmask"),
+                SPARSE_BITMASK: ("shape", "compressed", "bitmask", "row_offsets")}
+
+
+def pack_bitmask(keep: torch.Tensor) -> torch.Tensor:
+    """(rows, cols) bool -> (rows, ceil(cols/8)) uint8, bit j of byte k = column 8k + j (compressed-tensors'
+    ``pack_bitmasks``: numpy.packbits along the last axis, little-endian bit order)."""
+    return torch.from_numpy(np.packbits(keep.cpu().numpy(), axis=-1, bitorder="little"))
+
+
+def unpack_bitmask(packed: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    bits = np.unpackbits(packed.cpu().numpy(), axis=-1, count=shape[-1], bitorder="little")
+    return torch.from_numpy(bits.reshape(shape).astype(bool))
+
+
+def is_24(weight: torch.Tensor) -> bool:
+    """At most two non-zeros in every group of four consecutive weights of a row."""
+    rows, cols = weight.shape
+    return cols % 4 == 0 and bool(((weight != 0).reshape(rows, cols // 4, 4).sum(-1) <= 2).all())
+
+
+def compress_24(weight: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A 2:4 matrix as ``sparse-24-bitmask``: exactly two kept positions per group of four (the non-zeros, then
+    the group's first zeros where it has fewer than two), their values in row-major order, half the columns."""
+    rows, cols = weight.shape
+    groups = (weight != 0).reshape(rows, cols // 4, 4)
+    # A group with fewer than two non-zeros also keeps its first zero positions: the decoder scatters the values
+    # in row-major order into the kept positions, so any two positions holding the group's values decode alike.
+    rank_of_zero = torch.cumsum((~groups).to(torch.int8), dim=-1)
+    missing = 2 - groups.sum(-1, keepdim=True)
+    keep = (groups | (~groups & (rank_of_zero <= missing))).reshape(rows, cols)
+    return {
+        "shape": torch.tensor([rows, cols]).reshape(-1, 1),
+        "compressed": weight[keep].reshape(rows, cols // 2).contiguous(),
+        "bitmask": pack_bitmask(keep),
+    }
+
+
+def compress_bitmask(weight: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Any matrix as ``sparse-bitmask``: its non-zeros in row-major order, their positions, each row's offset."""
+    keep = weight != 0
+    counts = keep.sum(dim=-1)
+    return {
+        "shape": torch.tensor(list(weight.shape)),
+        "compressed": weight[keep].contiguous(),
+        "bitmask": pack_bitmask(keep),
+        "row_offsets": torch.cumsum(counts, 0) - counts,
+    }
+
+
+def decompress_weight(data: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The dense matrix of one ``sparse-24-bitmask`` or ``sparse-bitmask`` entry (they decode the same way)."""
+    rows, cols = (int(d) for d in data["shape"].flatten().tolist())
+    keep = unpack_bitmask(data["bitmask"], (rows, cols))
+    values = data["compressed"].flatten()
+    if int(keep.sum()) != values.numel():
+        raise JdnaError(f"sparse entry of shape {rows}x{cols}: {values.numel()} values for {int(keep.sum())} "
+                        "marked positions")
+    dense = torch.zeros((rows, cols), dtype=values.dtype)
+    dense[keep] = values
+    return dense
+
+
+def _bytes(tensors: dict[str, torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+@torch.no_grad()
+def _sparse(ref: ModelRef, model: nn.Module, work: Path) -> dict[str, Any] | None:
+    """Replace each pruned Linear weight by its sparse entry and save; None when nothing is worth compressing."""
+    from jdna.sparsity import measure_model
+
+    report = measure_model(model)
+    if not report.externally_pruned and not any(a.kind == "pruned" for a in ref.chain):
+        return None  # a dense model's stray zeros (e.g. a 4-bit checkpoint's) are not worth a legacy layout
+    linears = _linear_modules(model)
+    by_canonical = {canonical_name(model, f"{name}.weight"): name for name in linears}
+    two_four = report.n_m in ((1, 4), (2, 4))
+    sparse_format = SPARSE_24 if two_four else SPARSE_BITMASK
+    entries: dict[str, dict[str, torch.Tensor]] = {}
+    for matrix in report.matrices:
+        module_name = by_canonical.get(matrix.name)
+        if module_name is None or not matrix.zeros:
+            continue
+        weight = linears[module_name].weight.detach().cpu()
+        entry = compress_24(weight) if two_four else compress_bitmask(weight)
+        if two_four or _bytes(entry) < weight.numel() * weight.element_size():
+            entries[module_name] = entry
+    if not entries:
+        return None
+    dense_bytes = sum(linears[m].weight.numel() * linears[m].weight.element_size() for m in entries)
+    for module_name, entry in entries.items():
+        module = linears[module_name]
+        del module.weight
+        for key, value in entry.items():
+            module.register_buffer(key, value)
+    model.save_pretrained(work, safe_serialization=True)
+    config_path = work / "config.json"
+    config = json.loads(config_path.read_text())
+    # What compressed-tensors <= 0.14's ModelCompressor.update_config wrote for a sparse-only model.
+    config["quantization_config"] = {
+        "quant_method": "compressed-tensors",
+        "sparsity_config": {
+            "format": sparse_format,
+            "targets": ["Linear"],
+            "ignore": sorted(set(linears) - set(entries)),
+            "global_sparsity": round(report.sparsity, 6),
+            "sparsity_structure": "2:4" if two_four else "unstructured",
+            "registry_requires_subclass": False,
+        },
+        "transform_config": {},
+    }
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return {
+        "weights": sparse_format,
+        "sparse_modules": len(entries),
+        "sparse_bytes": sum(_bytes(e) for e in entries.values()),
+        "dense_bytes_of_those_matrices": dense_bytes,
+        "notes": [
+            f"{sparse_format} is compressed-tensors' legacy sparse layout: compressed-tensors <= "
+            f"{LAST_SPARSE_READER} (with transformers < 5) and jdna decompress it; compressed-tensors >= 0.15, "
+            "transformers 5 and current vLLM no longer read it (use --format hf for a dense copy they load)"
+        ],
+    }
+
+
+def decompress_state_dict(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A checkpoint's tensors with every sparse entry (``X.compressed``/``X.bitmask``/``X.shape``
+    [/``X.row_offsets``]) replaced by the dense ``X.weight``."""
+    prefixes = {key[: -len(".bitmask")] for key in tensors if key.endswith(".bitmask")}
+    dense: dict[str, torch.Tensor] = {}
+    for key, value in tensors.items():
+        prefix, _, leaf = key.rpartition(".")
+        if prefix in prefixes and leaf in _SPARSE_KEYS[SPARSE_BITMASK]:
+            continue
+        dense[key] = value
+    for prefix in prefixes:
+        parts = {leaf: tensors[f"{prefix}.{leaf}"] for leaf in ("shape", "compressed", "bitmask")
+                 if f"{prefix}.{leaf}" in tensors}
+        if len(parts) != 3:
+            raise JdnaError(f"sparse entry '{prefix}' lacks {sorted({'shape', 'compressed', 'bitmask'} - set(parts))}")
+        dense[f"{prefix}.weight"] = decompress_weight(parts)
+    return dense
+
+
 def write_compressed_tensors(ref: ModelRef, model: nn.Module, work: Path, reporter: Reporter) -> dict[str, Any]:
     version = require_compressed_tensors()
     top = _compressing_top(ref)
@@ -173,24 +330,58 @@ def write_compressed_tensors(ref: ModelRef, model: nn.Module, work: Path, report
         reporter.log("packing quantized codes (compressed-tensors pack-quantized)")
         details = _pack_quantized(top, model, work)
     else:
-        model.save_pretrained(work, safe_serialization=True)
-        details = {
-            "weights": "dense",
-            "notes": [
-                "compressed-tensors >= 0.15 has no sparse storage format (sparse-bitmask and sparse-24-bitmask were "
-                "removed), so pruned weights are stored dense with their exact zeros, as llm-compressor saves them"
-            ],
-        }
+        reporter.log("compressing pruned matrices (compressed-tensors sparse bitmask)")
+        details = _sparse(ref, model, work) or {}
+        if not details:
+            model.save_pretrained(work, safe_serialization=True)
+            details = {"weights": "dense", "notes": ["no pruned matrix to compress: the weights are stored dense"]}
     details["compressed_tensors"] = version
     return details
 
 
-def loading_kwargs(config: dict[str, Any]) -> dict[str, Any]:
+def sparse_format_of(config: dict[str, Any]) -> str | None:
+    """``sparse-24-bitmask`` / ``sparse-bitmask`` for a checkpoint in one of those layouts, else None."""
+    quantization = config.get("quantization_config")
+    if not isinstance(quantization, dict) or quantization.get("quant_method") != "compressed-tensors":
+        return None
+    sparsity = quantization.get("sparsity_config")
+    fmt = sparsity.get("format") if isinstance(sparsity, dict) else None
+    return fmt if fmt in SPARSE_FORMATS else None
+
+
+def read_sparse_directory(directory: Path) -> dict[str, torch.Tensor]:
+    """The dense tensors of a sparse compressed-tensors checkpoint (every safetensors file in `directory`)."""
+    from safetensors.torch import load_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    for path in sorted(directory.glob("*.safetensors")):
+        tensors.update(load_file(str(path)))
+    return decompress_state_dict(tensors)
+
+
+def loading_kwargs(config: dict[str, Any], directory: Path | None = None) -> dict[str, Any]:
     """from_pretrained arguments for a compressed-tensors checkpoint: decompress on load, so jdna sees (and
-    prunes, measures, fine-tunes) ordinary dense weights. Empty for any other checkpoint."""
+    prunes, measures, fine-tunes) ordinary dense weights. Empty for any other checkpoint.
+
+    The sparse layouts are decompressed by jdna itself (no installed compressed-tensors >= 0.15 reads them):
+    the dense state dict and the config without its ``quantization_config`` go to from_pretrained."""
     quantization = config.get("quantization_config")
     if not isinstance(quantization, dict) or quantization.get("quant_method") != "compressed-tensors":
         return {}
+    if sparse_format_of(config) is not None:
+        if quantization.get("config_groups"):
+            raise JdnaError(
+                f"'{directory}' stacks {sparse_format_of(config)} on quantization, which only compressed-tensors "
+                f"<= {LAST_SPARSE_READER} reads: load it there and save it dense"
+            )
+        if directory is None:
+            raise JdnaError("a sparse compressed-tensors checkpoint needs its directory to be read")
+        from transformers import AutoConfig
+
+        hf_config = AutoConfig.from_pretrained(str(directory))
+        if hasattr(hf_config, "quantization_config"):
+            del hf_config.quantization_config
+        return {"config": hf_config, "state_dict": read_sparse_directory(directory)}
     require_compressed_tensors()
     import warnings
 
@@ -199,3 +390,14 @@ def loading_kwargs(config: dict[str, Any]) -> dict[str, Any]:
     # transformers warns that the config's own quantization_config wins; only `dequantize` is ours to set.
     warnings.filterwarnings("ignore", message=".*already has a `quantization_config` attribute.*")
     return {"quantization_config": CompressedTensorsConfig(dequantize=True)}
+
+
+def pretrained_source(model_class: Any, directory: Path, kwargs: dict[str, Any]) -> tuple[Any, str | None]:
+    """(class, path) to call ``from_pretrained`` with: for a sparse checkpoint jdna decompressed itself
+    (``state_dict`` in `kwargs`), the concrete architecture class and no path, since transformers 5 refuses a
+    ``state_dict`` together with a path and the Auto classes need one."""
+    if "state_dict" not in kwargs:
+        return model_class, str(directory)
+    mapping = getattr(model_class, "_model_mapping", None)
+    config = kwargs["config"]
+    return (mapping[type(config)] if mapping is not None else model_class), None
