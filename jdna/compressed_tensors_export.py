@@ -173,8 +173,8 @@ SPARSE_BITMASK = "sparse-bitmask"
 SPARSE_FORMATS = (SPARSE_24, SPARSE_BITMASK)
 # The last compressed-tensors release whose decompressors read the sparse layouts (it needs transformers < 5).
 LAST_SPARSE_READER = "0.14.0.1"
-_SPARSE_KEYS = {SPARSE_24: ("shape", "compressed", "bitmask"),
-                SPARSE_BITMASK: ("shape", "compressed", "bitmask", "row_offsets")}
+# The tensors one sparse entry X stores instead of X.weight (row_offsets: sparse-bitmask only).
+_SPARSE_LEAVES = ("shape", "compressed", "bitmask", "row_offsets")
 
 
 def pack_bitmask(keep: torch.Tensor) -> torch.Tensor:
@@ -186,12 +186,6 @@ def pack_bitmask(keep: torch.Tensor) -> torch.Tensor:
 def unpack_bitmask(packed: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     bits = np.unpackbits(packed.cpu().numpy(), axis=-1, count=shape[-1], bitorder="little")
     return torch.from_numpy(bits.reshape(shape).astype(bool))
-
-
-def is_24(weight: torch.Tensor) -> bool:
-    """At most two non-zeros in every group of four consecutive weights of a row."""
-    rows, cols = weight.shape
-    return cols % 4 == 0 and bool(((weight != 0).reshape(rows, cols // 4, 4).sum(-1) <= 2).all())
 
 
 def compress_24(weight: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -306,7 +300,7 @@ def decompress_state_dict(tensors: dict[str, torch.Tensor]) -> dict[str, torch.T
     dense: dict[str, torch.Tensor] = {}
     for key, value in tensors.items():
         prefix, _, leaf = key.rpartition(".")
-        if prefix in prefixes and leaf in _SPARSE_KEYS[SPARSE_BITMASK]:
+        if prefix in prefixes and leaf in _SPARSE_LEAVES:
             continue
         dense[key] = value
     for prefix in prefixes:
