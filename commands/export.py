@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from jdna.commands.common import CliReporter, emit, model_from_stdin
+from jdna.commands.common import CliReporter, emit, model_from_stdin, placement_for
 from jdna.errors import JdnaError
 from jdna.exporting import FORMATS, export_model
 from jdna.models import resolve
@@ -24,11 +24,20 @@ def export(
         str,
         typer.Option(
             "--format",
-            help="hf: dense weights as jdna evaluates them. compressed-tensors: quantized models as pack-quantized "
-            "integer codes (llm-compressor's format, loadable by transformers/vLLM); pruned models dense with "
-            "their zeros; low-rank refused.",
+            help="hf: dense weights as jdna evaluates them, loadable everywhere. compressed-tensors: quantized "
+            "models as pack-quantized integer codes (llm-compressor's format, loadable by transformers/vLLM); "
+            "pruned models as sparse-24-bitmask (2:4) or sparse-bitmask, which jdna and compressed-tensors <= "
+            "0.14.0.1 (transformers < 5) read, not transformers 5 or current vLLM; low-rank refused.",
         ),
     ] = "hf",
+    dtype: Annotated[
+        str,
+        typer.Option(
+            "--dtype",
+            help="auto (the checkpoint's dtype), float32, bfloat16 or float16: the precision the weights are "
+            "written in (a sparse export is smaller than float16 only with 16-bit values).",
+        ),
+    ] = "auto",
     allow_pickle: Annotated[
         bool, typer.Option(help="Allow pickle (.bin) weights. Only for trusted models.")
     ] = False,
@@ -49,8 +58,10 @@ def export(
     check_target(target, "-o", directory_ok=True)  # the output policy (jdna/outputs.py): a writable directory
     reporter = CliReporter("export")
     ref = resolve(model_from_stdin(model), allow_pickle=allow_pickle)
+    placement = placement_for(ref, "cpu", dtype)  # a bad --dtype fails before anything is loaded
     try:
-        metadata = export_model(ref, target, export_format, reporter, allow_pickle=allow_pickle)
+        metadata = export_model(ref, target, export_format, reporter, allow_pickle=allow_pickle,
+                                dtype=placement.dtype)
     except Exception as error:  # the OS's errors, and the writing libraries' own (safetensors, tokenizers)
         if isinstance(error, OSError) or is_write_library_error(error):
             raise write_failure(target, error) from None

@@ -7,15 +7,21 @@
   ``w = scale·(code − zero)``); compressed-tensors' are signed (``w = scale·(q − zp)``), so
   ``q = code − 2^(b−1)`` and ``zp = zero − 2^(b−1)``: the same products, so the decompressed weights equal the
   ones jdna evaluates. Pruned positions get ``code = zero`` so they decompress to exactly 0 without a mask.
-* A pruned (or sparse fine-tuned) model is written with dense weights holding its exact zeros, and no
-  ``quantization_config``: compressed-tensors removed its sparse formats (``sparse-bitmask``,
-  ``sparse-24-bitmask``) in 0.15.0, the first release transformers 5 accepts, and llm-compressor now saves
-  pruned models dense the same way. The sparsity and its N:M pattern are recorded in ``jdna.json``.
+* A pruned (or sparse fine-tuned) model is written in compressed-tensors' sparse layouts, which jdna writes
+  itself because compressed-tensors removed its sparse compressors in 0.15.0 (the first release transformers 5
+  accepts; 0.14.0.1 is the last that decompresses them, with transformers < 5):
+  ``sparse-24-bitmask`` when every prunable matrix is 2:4 (per row, each group of four consecutive weights
+  keeps two positions: ``compressed`` (rows, cols/2) holds their values in row-major order, ``bitmask``
+  (uint8, rows × ceil(cols/8), little-endian bit order) marks them, ``shape`` (2, 1) int64), else
+  ``sparse-bitmask`` (``compressed`` the non-zeros in row-major order, ``bitmask`` the same packing,
+  ``row_offsets`` int64 index of each row's first value, ``shape`` (2,) int64) on the matrices where it saves
+  bytes. jdna reads both back itself (:func:`decompress_state_dict`), whatever compressed-tensors is installed.
 * Low-rank factors have no compressed-tensors format: such a model is refused (export it with ``--format hf``).
 """
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -31,6 +37,7 @@ from jdna.model_files import require_compressed_tensors
 from jdna.models import ModelRef, canonical_name
 from jdna.progress import Reporter
 from jdna.quantization.packing import unpack_codes
+from jdna.sparse_formats import LAST_SPARSE_READER, SPARSE_24, SPARSE_BITMASK, compress_24, compress_bitmask
 
 _STRATEGIES = {"tensor": "tensor", "channel": "channel", "group": "group"}
 
@@ -151,6 +158,69 @@ def _pack_quantized(artifact: Artifact, model: nn.Module, work: Path) -> dict[st
     }
 
 
+def _bytes(tensors: dict[str, torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+@torch.no_grad()
+def _sparse(ref: ModelRef, model: nn.Module, work: Path) -> dict[str, Any] | None:
+    """Replace each pruned Linear weight by its sparse entry and save; None when nothing is worth compressing."""
+    from jdna.sparsity import measure_model
+
+    report = measure_model(model)
+    if not report.externally_pruned and not any(a.kind == "pruned" for a in ref.chain):
+        return None  # a dense model's stray zeros (e.g. a 4-bit checkpoint's) are not worth a legacy layout
+    linears = _linear_modules(model)
+    by_canonical = {canonical_name(model, f"{name}.weight"): name for name in linears}
+    two_four = report.n_m in ((1, 4), (2, 4))
+    sparse_format = SPARSE_24 if two_four else SPARSE_BITMASK
+    entries: dict[str, dict[str, torch.Tensor]] = {}
+    for matrix in report.matrices:
+        module_name = by_canonical.get(matrix.name)
+        if module_name is None or not matrix.zeros:
+            continue
+        weight = linears[module_name].weight.detach().cpu()
+        entry = compress_24(weight) if two_four else compress_bitmask(weight)
+        if two_four or _bytes(entry) < weight.numel() * weight.element_size():
+            entries[module_name] = entry
+    if not entries:
+        return None
+    dense_bytes = sum(linears[m].weight.numel() * linears[m].weight.element_size() for m in entries)
+    for module_name, entry in entries.items():
+        module = linears[module_name]
+        del module.weight
+        for key, value in entry.items():
+            module.register_buffer(key, value)
+    model.save_pretrained(work, safe_serialization=True)
+    config_path = work / "config.json"
+    config = json.loads(config_path.read_text())
+    # What compressed-tensors <= 0.14's ModelCompressor.update_config wrote for a sparse-only model.
+    config["quantization_config"] = {
+        "quant_method": "compressed-tensors",
+        "sparsity_config": {
+            "format": sparse_format,
+            "targets": ["Linear"],
+            "ignore": sorted(set(linears) - set(entries)),
+            "global_sparsity": round(report.sparsity, 6),
+            "sparsity_structure": "2:4" if two_four else "unstructured",
+            "registry_requires_subclass": False,
+        },
+        "transform_config": {},
+    }
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return {
+        "weights": sparse_format,
+        "sparse_modules": len(entries),
+        "sparse_bytes": sum(_bytes(e) for e in entries.values()),
+        "dense_bytes_of_those_matrices": dense_bytes,
+        "notes": [
+            f"{sparse_format} is compressed-tensors' legacy sparse layout: compressed-tensors <= "
+            f"{LAST_SPARSE_READER} (with transformers < 5) and jdna decompress it; compressed-tensors >= 0.15, "
+            "transformers 5 and current vLLM no longer read it (use --format hf for a dense copy they load)"
+        ],
+    }
+
+
 def write_compressed_tensors(ref: ModelRef, model: nn.Module, work: Path, reporter: Reporter) -> dict[str, Any]:
     version = require_compressed_tensors()
     top = _compressing_top(ref)
@@ -163,13 +233,10 @@ def write_compressed_tensors(ref: ModelRef, model: nn.Module, work: Path, report
         reporter.log("packing quantized codes (compressed-tensors pack-quantized)")
         details = _pack_quantized(top, model, work)
     else:
-        model.save_pretrained(work, safe_serialization=True)
-        details = {
-            "weights": "dense",
-            "notes": [
-                "compressed-tensors >= 0.15 has no sparse storage format (sparse-bitmask and sparse-24-bitmask were "
-                "removed), so pruned weights are stored dense with their exact zeros, as llm-compressor saves them"
-            ],
-        }
+        reporter.log("compressing pruned matrices (compressed-tensors sparse bitmask)")
+        details = _sparse(ref, model, work) or {}
+        if not details:
+            model.save_pretrained(work, safe_serialization=True)
+            details = {"weights": "dense", "notes": ["no pruned matrix to compress: the weights are stored dense"]}
     details["compressed_tensors"] = version
     return details

@@ -134,8 +134,12 @@ def export_model(
     export_format: str = "hf",
     reporter: Reporter | None = None,
     allow_pickle: bool = False,
+    dtype: Any = "auto",
 ) -> dict[str, Any]:
-    """Write `ref` to the new directory `target` in `export_format`; returns the metadata plus file sizes."""
+    """Write `ref` to the new directory `target` in `export_format`; returns the metadata plus file sizes.
+
+    `dtype` is the precision the weights are materialised (and written) in, as `load_model` takes it: "auto" is
+    the checkpoint's own, so the export holds exactly the weights jdna evaluates at that precision."""
     from jdna.sparsity import measure_model
 
     reporter = reporter or Reporter()
@@ -145,7 +149,7 @@ def export_model(
     if not target.parent.is_dir():
         raise JdnaError(f"output directory '{target.parent}' does not exist: create it first")
     reporter.log(f"materialising {ref.display_name}")
-    model, tokenizer = load_model(ref, allow_pickle=allow_pickle)
+    model, tokenizer = load_model(ref, dtype=dtype, allow_pickle=allow_pickle)
     sparsity = measure_model(model).summary()
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     work.chmod(dir_mode())  # mkdtemp makes it 0700 whatever the umask; the export follows the umask

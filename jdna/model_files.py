@@ -16,6 +16,7 @@ from jdna import demo
 from jdna.errors import JdnaError
 from jdna.io import sha256_file
 from jdna.paths import jdna_home
+from jdna.sparse_formats import LAST_SPARSE_READER, read_sparse_directory, sparse_format_of
 
 GGUF_MAGIC = b"GGUF"
 # A jdna export's metadata (docs/artifacts.md, "Exports"): read here, where every MODEL directory is looked at,
@@ -106,12 +107,29 @@ def require_compressed_tensors() -> str:
     return str(compressed_tensors.__version__)
 
 
-def loading_kwargs(config: dict[str, Any]) -> dict[str, Any]:
+def loading_kwargs(config: dict[str, Any], directory: Path | None = None) -> dict[str, Any]:
     """from_pretrained arguments for a compressed-tensors checkpoint: decompress on load, so jdna sees (and
-    prunes, measures, fine-tunes) ordinary dense weights. Empty for any other checkpoint."""
+    prunes, measures, fine-tunes) ordinary dense weights. Empty for any other checkpoint.
+
+    The sparse layouts are decompressed by jdna itself (no installed compressed-tensors >= 0.15 reads them):
+    the dense state dict and the config without its ``quantization_config`` go to from_pretrained."""
     quantization = config.get("quantization_config")
     if not isinstance(quantization, dict) or quantization.get("quant_method") != "compressed-tensors":
         return {}
+    if sparse_format_of(config) is not None:
+        if quantization.get("config_groups"):
+            raise JdnaError(
+                f"'{directory}' stacks {sparse_format_of(config)} on quantization, which only compressed-tensors "
+                f"<= {LAST_SPARSE_READER} reads: load it there and save it dense"
+            )
+        if directory is None:
+            raise JdnaError("a sparse compressed-tensors checkpoint needs its directory to be read")
+        from transformers import AutoConfig
+
+        hf_config = AutoConfig.from_pretrained(str(directory))
+        if hasattr(hf_config, "quantization_config"):
+            del hf_config.quantization_config
+        return {"config": hf_config, "state_dict": read_sparse_directory(directory)}
     require_compressed_tensors()
     import warnings
 
@@ -120,3 +138,14 @@ def loading_kwargs(config: dict[str, Any]) -> dict[str, Any]:
     # transformers warns that the config's own quantization_config wins; only `dequantize` is ours to set.
     warnings.filterwarnings("ignore", message=".*already has a `quantization_config` attribute.*")
     return {"quantization_config": CompressedTensorsConfig(dequantize=True)}
+
+
+def pretrained_source(model_class: Any, directory: Path, kwargs: dict[str, Any]) -> tuple[Any, str | None]:
+    """(class, path) to call ``from_pretrained`` with: for a sparse checkpoint jdna decompressed itself
+    (``state_dict`` in `kwargs`), the concrete architecture class and no path, since transformers 5 refuses a
+    ``state_dict`` together with a path and the Auto classes need one."""
+    if "state_dict" not in kwargs:
+        return model_class, str(directory)
+    mapping = getattr(model_class, "_model_mapping", None)
+    config = kwargs["config"]
+    return (mapping[type(config)] if mapping is not None else model_class), None

@@ -27,6 +27,7 @@ from jdna.model_files import (
     is_gguf_file,
     loading_kwargs,
     not_a_model_error,
+    pretrained_source,
     read_export_metadata,
 )
 
@@ -325,9 +326,10 @@ def load_model(
         model_class = AutoModelForCausalLM
     else:
         model_class = AutoModel
-    kwargs.update(loading_kwargs(ref.base.config))  # a compressed-tensors export loads decompressed
+    kwargs.update(loading_kwargs(ref.base.config, ref.base.path))  # a compressed-tensors export loads decompressed
     try:
-        model = model_class.from_pretrained(str(ref.base.path), **kwargs)
+        load_class, source = pretrained_source(model_class, ref.base.path, kwargs)
+        model = load_class.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as error:
         reason = (str(error).splitlines() or [type(error).__name__])[0][:200]
         raise JdnaError(f"could not load model '{ref.base.name}': {reason}") from None

@@ -47,10 +47,9 @@ ORDER: list[tuple[str, tuple[str, ...]]] = [
               "jdna.placement", "jdna.naming", "jdna.bitmask", "jdna.distributed")),
     # what artifacts are decoded with: quantization's number formats, packing, bit accounting and RTN codes
     ("numerics", ("jdna.quantization.spec", "jdna.quantization.rtn", "jdna.quantization.packing",
-                  "jdna.quantization.accounting", "jdna.quantization.base")),
+                  "jdna.quantization.accounting", "jdna.quantization.base", "jdna.sparse_formats")),
     ("artifacts", ("jdna.artifact", "jdna.kinds")),
-    ("models", ("jdna.models", "jdna.prunable", "jdna.masks", "jdna.model_files", "jdna.demo", "jdna.appliers",
-                "jdna.finetune_applier", "jdna.quantization.appliers")),
+    ("models", ("jdna.models", "jdna.prunable", "jdna.masks", "jdna.model_files", "jdna.demo")),
     ("steps", ("jdna.steps",)),
     ("data", ("jdna.tasks", "jdna.scoring", "jdna.calibration", "jdna.calibration_corpus", "jdna.metrics")),
     ("compression", ("jdna.pruning", "jdna.quantization", "jdna.layerwise", "jdna.sparsity")),

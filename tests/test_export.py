@@ -116,16 +116,17 @@ def test_rtn_asymmetric_and_tensor_grids_round_trip(tiny_llama: Path, tmp_path: 
 def test_sparsegpt_2_4_model_exports_with_its_zeros_and_pattern(
     tiny_llama: Path, calib_file: Path, tmp_path: Path
 ) -> None:
+    # The sparse layouts themselves are checked in tests/test_export_sparse.py; --format hf stays dense.
     pruned = _ok(
         run("prune", str(tiny_llama), "--pattern", "2:4", "--method", "sparsegpt", "--calib", str(calib_file),
             "--calib-samples", "4", "--calib-seqlen", "16")
     )
-    out = tmp_path / "ct"
-    record = _ok(run("export", pruned["path"], "-o", str(out), "--format", "compressed-tensors"))
+    out = tmp_path / "hf"
+    record = _ok(run("export", pruned["path"], "-o", str(out), "--format", "hf"))
     assert record["measured_sparsity"]["pattern"] == "2:4"
     assert record["measured_sparsity"]["sparsity"] == pytest.approx(0.5)
     config = json.loads((out / "config.json").read_text())
-    assert "quantization_config" not in config  # compressed-tensors >= 0.15 stores sparse models dense
+    assert "quantization_config" not in config  # dense weights every transformers version loads
     evaluated = model_parameters(pruned["path"])
     _assert_same_weights(evaluated, _loaded_by_transformers(out))
     up = evaluated["layers.1.mlp.up_proj.weight"]
