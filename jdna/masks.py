@@ -46,7 +46,7 @@ def mask_owners(chain: Sequence[Artifact]) -> dict[str, Artifact | None]:
     owners: dict[str, Artifact | None] = {}
     for artifact in reversed(chain):
         masked = masked_matrices(artifact)
-        for name in touched_matrices(artifact):
+        for name in sorted(touched_matrices(artifact)):  # sets iterate in hash-seed order; headers must not
             owners.setdefault(name, artifact if name in masked else None)
     return owners
 

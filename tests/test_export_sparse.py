@@ -162,17 +162,16 @@ def test_dense_model_is_not_written_in_a_sparse_layout(tiny_llama: Path, tmp_pat
     assert record["measured_sparsity"]["sparsity"] < 0.01
 
 
-def _legacy_compressed_tensors(cache: pytest.Cache) -> Path | None:
+def _legacy_compressed_tensors(scratch: Path) -> Path | None:
     """compressed-tensors 0.14.0.1 unpacked (it cannot be installed beside transformers 5) from the wheel named by
     $JDNA_LEGACY_CT_WHEEL; tests never touch the network, so `make test` downloads it while installing
     (Makefile, LEGACY_CT) and names it here. None without it."""
     wheel = os.environ.get("JDNA_LEGACY_CT_WHEEL")
     if not wheel or not Path(wheel).is_file():
         return None
-    target = cache.mkdir(f"compressed-tensors-{LEGACY_VERSION}") / "unpacked"
-    if not (target / "compressed_tensors" / "__init__.py").is_file():
-        with zipfile.ZipFile(wheel) as archive:
-            archive.extractall(target)
+    target = scratch / f"compressed-tensors-{LEGACY_VERSION}"
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(target)
     return target
 
 
@@ -188,8 +187,8 @@ torch.save(dict(compressor.sparsity_compressor.decompress(sys.argv[1])), sys.arg
 """
 
 
-def test_compressed_tensors_0_14_decompresses_the_exports(sparse_exports, request, tmp_path: Path) -> None:
-    legacy = _legacy_compressed_tensors(request.config.cache)
+def test_compressed_tensors_0_14_decompresses_the_exports(sparse_exports, tmp_path: Path) -> None:
+    legacy = _legacy_compressed_tensors(tmp_path)
     if legacy is None:
         pytest.skip(f"no compressed-tensors {LEGACY_VERSION} wheel: `make test` names it in $JDNA_LEGACY_CT_WHEEL")
     env = {**os.environ, "PYTHONPATH": str(legacy), "OMP_NUM_THREADS": "1"}

@@ -8,7 +8,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from jdna.kinds import StoredArtifact, record
 from jdna.models import ModelRef
 from jdna.placement import Placement, dtype_name, resolve_placement
 from jdna.progress import Reporter
@@ -23,7 +22,6 @@ __all__ = [
     "PruneConfig",
     "PrunePlan",
     "PruneStep",
-    "artifact_record",
     "plan_prune",
     "prune_model",
     "run_prune",
@@ -86,12 +84,6 @@ class PruneStep(Step):
         tensors.update({f"weight.{name}": w.to(placement.stored_dtype) for name, w in outcome.updated.items()})
         masks = {name: list(outcome.masks[name].shape) for name in outcome.masks}
         return Produced(tensors=tensors, stats=stats, fields={"masks": masks}, operation_params=operation_params)
-
-
-def artifact_record(artifact: StoredArtifact, cached: bool) -> dict[str, Any]:
-    """The common record with the compression figures, whatever the kind: :func:`jdna.kinds.record` with
-    ``detail=False``. Kept for jdna.finetune.finetune_record until it uses :func:`jdna.kinds.record`."""
-    return record(artifact, cached, detail=False)
 
 
 def run_prune(
