@@ -62,8 +62,13 @@ STATISTICS.add("hessian", StatisticKind("H = 2/n Σ x xᵀ per module", HessianA
 class BlockCompressor(Protocol):
     """What a calibrated method gives the pipeline."""
 
-    statistic: str | None
-    recompute_outputs: bool
+    @property
+    def statistic(self) -> str | None:
+        """A name in STATISTICS."""
+
+    @property
+    def recompute_outputs(self) -> bool:
+        """Whether the next block's inputs come from the compressed block (rerun) or the statistics pass."""
 
     def compress_block(
         self, index: int, matrices: list[PrunableMatrix], statistics: Mapping[str, torch.Tensor]
