@@ -25,9 +25,11 @@ def export(
         typer.Option(
             "--format",
             help="hf: dense weights as jdna evaluates them, loadable everywhere. compressed-tensors: quantized "
-            "models as pack-quantized integer codes (llm-compressor's format, loadable by transformers/vLLM); "
-            "pruned models as sparse-24-bitmask (2:4) or sparse-bitmask, which jdna and compressed-tensors <= "
-            "0.14.0.1 (transformers < 5) read, not transformers 5 or current vLLM; low-rank refused.",
+            "models as pack-quantized integer codes (llm-compressor's format, loadable by transformers/vLLM), "
+            "pruned ones dense with their zeros (as llm-compressor saves them). compressed-tensors-sparse: the "
+            "same, but pruned matrices in the legacy sparse-24-bitmask (2:4) / sparse-bitmask layouts, smaller, "
+            "read only by jdna and compressed-tensors <= 0.14.0.1 (transformers < 5): transformers 5 loads them "
+            "with random weights. Low-rank is refused by both compressed-tensors formats.",
         ),
     ] = "hf",
     dtype: Annotated[
@@ -51,7 +53,7 @@ def export(
         raise JdnaError(f"'{target}' already exists: choose a new directory for -o")
     if not target.parent.is_dir():
         raise JdnaError(f"output directory '{target.parent}' does not exist: create it first")
-    if export_format == "compressed-tensors":
+    if export_format.startswith("compressed-tensors"):
         from jdna.compressed_tensors_export import require_compressed_tensors
 
         require_compressed_tensors()

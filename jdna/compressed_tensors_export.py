@@ -221,7 +221,14 @@ def _sparse(ref: ModelRef, model: nn.Module, work: Path) -> dict[str, Any] | Non
     }
 
 
-def write_compressed_tensors(ref: ModelRef, model: nn.Module, work: Path, reporter: Reporter) -> dict[str, Any]:
+def write_compressed_tensors(
+    ref: ModelRef, model: nn.Module, work: Path, reporter: Reporter, sparse_layout: bool = False
+) -> dict[str, Any]:
+    """Quantized models as ``pack-quantized``; pruned ones dense with their exact zeros (what llm-compressor saves
+    today, read by every loader) unless `sparse_layout` asks for the legacy ``sparse-24-bitmask`` /
+    ``sparse-bitmask`` layouts, smaller but read only by jdna and compressed-tensors <= 0.14.0.1: transformers 5
+    loads such a file with *random* weights in place of the compressed matrices (it reports them missing and
+    initialises them), so they are opt-in (``--format compressed-tensors-sparse``), never the default."""
     version = require_compressed_tensors()
     top = _compressing_top(ref)
     if top is not None and top.kind == "lowrank":
@@ -229,14 +236,30 @@ def write_compressed_tensors(ref: ModelRef, model: nn.Module, work: Path, report
             "compressed-tensors has no low-rank format, so the factors cannot be exported as such: use "
             "--format hf (dense left @ right, ranks recorded in jdna.json)"
         )
+    details: dict[str, Any] = {}
     if top is not None and top.kind == "quantized":
         reporter.log("packing quantized codes (compressed-tensors pack-quantized)")
         details = _pack_quantized(top, model, work)
-    else:
-        reporter.log("compressing pruned matrices (compressed-tensors sparse bitmask)")
+    elif sparse_layout:
+        reporter.log("compressing pruned matrices (compressed-tensors legacy sparse bitmask)")
         details = _sparse(ref, model, work) or {}
-        if not details:
-            model.save_pretrained(work, safe_serialization=True)
-            details = {"weights": "dense", "notes": ["no pruned matrix to compress: the weights are stored dense"]}
+    if not details:
+        model.save_pretrained(work, safe_serialization=True)
+        pruned = any(artifact.kind == "pruned" for artifact in ref.chain)
+        note = (
+            "pruned positions are stored as exact zeros in dense matrices, as llm-compressor saves pruned models "
+            "(every loader reads them; --format compressed-tensors-sparse writes the smaller legacy sparse layouts)"
+            if pruned and not sparse_layout
+            else "no pruned matrix to compress: the weights are stored dense"
+        )
+        details = {"weights": "dense", "notes": [note]}
     details["compressed_tensors"] = version
     return details
+
+
+def write_compressed_tensors_sparse(
+    ref: ModelRef, model: nn.Module, work: Path, reporter: Reporter
+) -> dict[str, Any]:
+    """``--format compressed-tensors-sparse``: as :func:`write_compressed_tensors`, pruned matrices in the legacy
+    sparse layouts."""
+    return write_compressed_tensors(ref, model, work, reporter, sparse_layout=True)

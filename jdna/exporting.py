@@ -62,10 +62,11 @@ def write_hf(ref: ModelRef, model: nn.Module, work: Path, reporter: Reporter) ->
 
 def _register_compressed_tensors() -> None:
     # The module imports nothing heavy at import time; compressed-tensors itself is imported when it writes.
-    from jdna.compressed_tensors_export import write_compressed_tensors
+    from jdna.compressed_tensors_export import write_compressed_tensors, write_compressed_tensors_sparse
 
     if "compressed-tensors" not in FORMATS:
         FORMATS.add("compressed-tensors", write_compressed_tensors)
+        FORMATS.add("compressed-tensors-sparse", write_compressed_tensors_sparse)
 
 
 _register_compressed_tensors()

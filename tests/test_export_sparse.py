@@ -128,7 +128,8 @@ def sparse_exports(tiny_llama: Path, calib_file: Path, tmp_path_factory: pytest.
         for key, record, fmt in cases:
             out = root / key.replace(":", "-")
             exported = _ok(
-                run("export", record["path"], "-o", str(out), "--format", "compressed-tensors", "--dtype", "float16")
+                run("export", record["path"], "-o", str(out), "--format", "compressed-tensors-sparse", "--dtype",
+                    "float16")
             )
             exports[key] = {"out": out, "record": exported, "format": fmt,
                             "evaluated": _evaluated(record["path"], dtype="float16")}
@@ -149,15 +150,34 @@ def test_pruned_exports_are_sparse_and_decode_to_the_weights_jdna_evaluates(spar
 def test_float32_export_keeps_float32_values(tiny_llama: Path, tmp_path: Path) -> None:
     pruned = _ok(run("prune", str(tiny_llama), "--pattern", "2:4"))
     out = tmp_path / "ct"
-    _ok(run("export", pruned["path"], "-o", str(out), "--format", "compressed-tensors"))
+    _ok(run("export", pruned["path"], "-o", str(out), "--format", "compressed-tensors-sparse"))
     stored = load_file(str(out / "model.safetensors"))
     assert stored["model.layers.0.mlp.up_proj.compressed"].dtype == torch.float32
     assert_same(_evaluated(str(out)), _evaluated(pruned["path"]))
 
 
+def test_pruned_compressed_tensors_export_is_dense_unless_the_sparse_layout_is_asked_for(
+    tiny_llama: Path, tmp_path: Path
+) -> None:
+    """The legacy sparse layouts load with random weights in transformers 5, so they are opt-in: the plain
+    compressed-tensors export of a pruned model holds dense weights (with their zeros) that any loader reads."""
+    pruned = _ok(run("prune", str(tiny_llama), "--pattern", "2:4"))
+    out = tmp_path / "ct"
+    _ok(run("export", pruned["path"], "-o", str(out), "--format", "compressed-tensors"))
+    stored = load_file(str(out / "model.safetensors"))
+    assert "model.layers.0.mlp.up_proj.weight" in stored
+    assert not any(key.endswith((".bitmask", ".compressed")) for key in stored)
+    assert "quantization_config" not in json.loads((out / "config.json").read_text())
+    assert json.loads((out / "jdna.json").read_text())["details"]["weights"] == "dense"
+    evaluated = _evaluated(pruned["path"])
+    for name, value in _evaluated(str(out)).items():
+        assert torch.equal(value, evaluated[name]), name
+    assert (stored["model.layers.0.mlp.up_proj.weight"] == 0).float().mean() == 0.5
+
+
 def test_dense_model_is_not_written_in_a_sparse_layout(tiny_llama: Path, tmp_path: Path) -> None:
     out = tmp_path / "ct"
-    record = _ok(run("export", str(tiny_llama), "-o", str(out), "--format", "compressed-tensors"))
+    record = _ok(run("export", str(tiny_llama), "-o", str(out), "--format", "compressed-tensors-sparse"))
     assert "quantization_config" not in json.loads((out / "config.json").read_text())
     assert record["measured_sparsity"]["sparsity"] < 0.01
 
