@@ -347,6 +347,11 @@ clean:
 # with 3 seeds; random pruning at the same sparsities is the control; quantization runs on the demo LM, whose
 # weights are dequantized Q4_1 (4-bit is near lossless there: read its bits axis with that in mind).
 # Tables, figures and difficulty records are copied to docs/evidence/<experiment>/.
+# NOT YET RUN TO THE END, and its setting-2 task must be re-chosen first: a first run (30 Nov 2026) measured the
+# dense smollm2-135m at acc 0.491 (95% CI 0.459-0.529) on all 800 items of EV_S2_TASK at 2 options, i.e. at
+# chance, so every level would be flagged near chance; each 800-item eval took 22-36 min on a loaded 2-core
+# machine, so the sizes below are far over ~3 hours. Pilot candidates at 100 items: intent_recognition 0.62 at 2
+# options, 0.28 at 5 (chance 0.2); language_identification 0.50 at 2 (chance).
 EV_DOCS ?= docs/evidence
 EV_R ?= results/evidence
 EV_SPARSITIES ?= 0.3 0.5 0.7
