@@ -351,7 +351,7 @@ clean:
 # dense smollm2-135m at acc 0.491 (95% CI 0.459-0.529) on all 800 items of EV_S2_TASK at 2 options, i.e. at
 # chance, so every level would be flagged near chance; each 800-item eval took 22-36 min on a loaded 2-core
 # machine, so the sizes below are far over ~3 hours. Pilot candidates at 100 items: intent_recognition 0.62 at 2
-# options, 0.28 at 5 (chance 0.2); language_identification 0.50 at 2 (chance).
+# options, 0.28 at 5 (chance 0.2); color/rgb 0.61 at 2, 0.23 at 5; language_identification 0.50 at 2 (chance).
 EV_DOCS ?= docs/evidence
 EV_R ?= results/evidence
 EV_SPARSITIES ?= 0.3 0.5 0.7
