@@ -376,6 +376,9 @@ def _run_eval(
         )
     if dist.enabled:
         reporter.log(f"data-parallel over {dist.world_size} processes ({dist.backend}): each scores a shard")
+    # Before the model is loaded: measuring a plain checkpoint's zeros reads its weights file, and with the model
+    # held (for the next --tasks task) that read would double the peak memory.
+    model_fields = model_block(ref)
     ctx = EvalContext(
         ref=ref, config=config, prepared=prepared, reporter=reporter, device=device, dtype=dtype,
         device_map=placement.device_map, dist=dist, transfer=transfer, models=models,
@@ -393,7 +396,7 @@ def _run_eval(
         higher_is_better=evaluator.higher_is_better,
         n=n,
         excluded=prepared.excluded,
-        model=model_block(ref),
+        model=model_fields,
         transfer=outcome.transfer,
         protocol={
             "version": EVAL_PROTOCOL_VERSION,
