@@ -32,6 +32,7 @@ ids, cache hits and the output policy cannot diverge between commands.
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,7 +98,7 @@ class Produced:
     operation_params: dict[str, Any] | None = None
 
 
-class Step:
+class Step(ABC):
     """One artifact-producing operation; subclasses set ``kind`` and ``operation`` and implement
     :meth:`params` and :meth:`execute` (and override :meth:`load` when the default does not fit).
 
@@ -112,9 +113,9 @@ class Step:
         self.placement = placement
         self.head = head
 
+    @abstractmethod
     def params(self) -> dict[str, Any]:
         """Every parameter that defines the result: the content address is computed from these."""
-        raise NotImplementedError
 
     @property
     def load_device(self) -> torch.device | None:
@@ -132,9 +133,9 @@ class Step:
             device_map=self.placement.device_map,
         )
 
+    @abstractmethod
     def execute(self, ref: ModelRef, model: nn.Module, tokenizer: Any, reporter: Reporter) -> Produced:
         """Change `model` and measure it: the tensors, header fields and statistics of the artifact."""
-        raise NotImplementedError
 
     def reusable(self, artifact: Artifact) -> bool:
         """Whether a cached artifact with this step's id may be served (beyond its hashes matching)."""
