@@ -25,7 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from jdna import __version__
-from jdna.bitmask import pack_mask, unpack_mask
+from jdna.bitmask import count_kept, pack_mask, unpack_mask
 from jdna.errors import JdnaError, nearest
 from jdna.io import canonical_json, sha256_file, sha256_text
 from jdna.kinds import KINDS
@@ -456,6 +456,13 @@ class PackedMasks(MutableMapping):
 
     def packed(self, name: str) -> torch.Tensor:
         return self._packed[name]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._shapes[name]
+
+    def kept(self, name: str) -> int:
+        """How many weights the mask keeps, counted on the packed bits (no unpacking)."""
+        return count_kept(self._packed[name])
 
     def set_packed(self, name: str, packed: torch.Tensor, shape: tuple[int, ...]) -> None:
         """Store a mask that is already bit-packed (as `pack_mask` packs it)."""

@@ -391,3 +391,42 @@ def test_sampled_scores_equal_full_scores_at_the_sampled_positions(method_name: 
         for start, stride in [(0, 1), (2, 7), (5, 13)]:
             sampled = method.sample_scores(matrix, context, start, stride)
             assert torch.equal(sampled, full[start::stride])
+
+
+@pytest.mark.parametrize("method", ["magnitude", "random"])
+def test_select_only_leaves_weights_and_gives_the_same_masks_and_statistics(method: str, tiny_llama: Path) -> None:
+    """The prune step selects without zeroing (in_place=False); its masks and counted zeros must equal those of
+    pruning in place, counted another way (on the zeroed weights, with unpacked masks). Planted +0.0 and -0.0
+    weights that random pruning keeps must count as zeros."""
+    from jdna.pruning.engine import mask_statistics
+
+    plan = plan_prune(PruneConfig(method=method, sparsity=0.5))
+    model, tokenizer = load(tiny_llama)
+    matrices = prunable_matrices(model)
+    largest = max(matrices, key=lambda m: m.numel)
+    with torch.no_grad():
+        flat = largest.param.view(-1)
+        flat[:20:2] = 0.0
+        flat[1:20:2] = -0.0
+    before = {m.name: m.param.detach().clone() for m in matrices}
+    selected = prune_model(model, tokenizer, plan, in_place=False)
+    assert all(torch.equal(m.param, before[m.name]) for m in matrices)
+    statistics = mask_statistics(model, matrices, selected.masks, plan)
+
+    reference_model, _ = load(tiny_llama)
+    reference_matrices = prunable_matrices(reference_model)
+    reference_largest = next(m for m in reference_matrices if m.name == largest.name)
+    with torch.no_grad():
+        reference_largest.param.copy_(before[largest.name])
+    pruned = prune_model(reference_model, tokenizer, plan)
+    total = sum(m.numel for m in reference_matrices)
+    zeros = sum(int((m.param == 0).sum()) for m in reference_matrices)
+    removed = sum(int((~pruned.masks[m.name]).sum()) for m in reference_matrices)
+    for m in reference_matrices:
+        assert torch.equal(selected.masks[m.name], pruned.masks[m.name])
+        assert selected.masks.kept(m.name) == int(pruned.masks[m.name].sum())
+    assert statistics["pruned_params"] == removed
+    assert statistics["zero_fraction"] == zeros / total
+    kept_planted = int(pruned.masks[largest.name].reshape(-1)[:20].sum())
+    assert zeros == removed + kept_planted
+    assert kept_planted > 0 if method == "random" else kept_planted == 0  # magnitude prunes zeros first

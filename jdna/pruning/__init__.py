@@ -68,7 +68,7 @@ class PruneStep(Step):
         params = self.params()
         reporter.log(f"pruning with {plan.method.name}, sparsity {plan.sparsity:g}, scope {params['scope']}")
         device = placement.device if self.calibrated else None
-        outcome = prune_model(model, tokenizer, plan, reporter, device=device)
+        outcome = prune_model(model, tokenizer, plan, reporter, device=device, in_place=False)
         matrices = prunable_matrices(model, config.include, config.exclude)
         stats = mask_statistics(model, matrices, outcome.masks, plan)
         if outcome.block_sparsity is not None:
@@ -82,7 +82,7 @@ class PruneStep(Step):
         tensors = {f"mask.{name}": outcome.masks.packed(name) for name in outcome.masks}
         # Rewritten weights are stored in the checkpoint's own dtype, whatever precision computed them.
         tensors.update({f"weight.{name}": w.to(placement.stored_dtype) for name, w in outcome.updated.items()})
-        masks = {name: list(outcome.masks[name].shape) for name in outcome.masks}
+        masks = {name: list(outcome.masks.shape(name)) for name in outcome.masks}
         return Produced(tensors=tensors, stats=stats, fields={"masks": masks}, operation_params=operation_params)
 
 

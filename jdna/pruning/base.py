@@ -88,13 +88,17 @@ class ScoreMethod(PruningMethod, ABC):
         threshold with such a sample; methods whose score is elementwise override this to skip the rest."""
         return self.score(matrix, context).reshape(-1)[start::stride].clone()
 
-    def compress(self, matrices: list[PrunableMatrix], context: ScoreContext, selection: Selection) -> Pruned:
-        masks = select_masks(
+    def select(self, matrices: list[PrunableMatrix], context: ScoreContext, selection: Selection) -> PackedMasks:
+        """The keep-masks `compress` applies, leaving the weights as they are."""
+        return select_masks(
             matrices,
             lambda matrix: self.score(matrix, context).cpu(),
             lambda matrix, start, stride: self.sample_scores(matrix, context, start, stride).cpu(),
             selection,
         )
+
+    def compress(self, matrices: list[PrunableMatrix], context: ScoreContext, selection: Selection) -> Pruned:
+        masks = self.select(matrices, context, selection)
         for matrix in matrices:
             matrix.param.data.masked_fill_(~masks[matrix.name].to(matrix.param.device), 0)
         return Pruned(masks)

@@ -15,10 +15,11 @@ class Magnitude(ScoreMethod):
     supports_owl = True
 
     def score(self, matrix: PrunableMatrix, context: ScoreContext) -> torch.Tensor:
-        return matrix.param.detach().abs().to(torch.float32)
+        # Widen first, then abs in place: one new tensor instead of two (exact either way).
+        return matrix.param.detach().to(torch.float32, copy=True).abs_()
 
     def sample_scores(self, matrix: PrunableMatrix, context: ScoreContext, start: int, stride: int) -> torch.Tensor:
-        return matrix.param.detach().reshape(-1)[start::stride].abs().to(torch.float32)
+        return matrix.param.detach().reshape(-1)[start::stride].to(torch.float32, copy=True).abs_()
 
 
 METHODS.add("magnitude", Magnitude())
