@@ -17,7 +17,7 @@ import pytest
 
 from jdna.analysis import analyse, kendall_tau_b, load_records, parse_axis, spearman_rho
 from jdna.analysis.baselines import BaselineTable, human_gap, read_baselines, shipped_baselines
-from jdna.analysis.difficulty import match_dense, normalise
+from jdna.analysis.difficulty import chance_of, match_dense, normalise
 from jdna.analysis.stats import Point, holm, item_draws, trend, upper_tail, violations
 from jdna.errors import JdnaError
 from jdna.io import canonical_json, sha256_text
@@ -523,6 +523,33 @@ def test_options_axis_is_chance_corrected() -> None:
     level = analyse(records, n_resamples=100).groups[0]["levels"][0]
     assert level["near_chance"] == [False, False, False, True]
     assert level["reversed_pairs"] and len(level["reversed_pairs"]) == 2
+
+
+def classification_record(acc: float, golds: list[int], **kwargs: Any) -> dict[str, Any]:
+    """A fine-tuning validation record as jdna writes it: classification, accuracy, golds per item."""
+    record = eval_record("sst2", acc=acc, n=len(golds), shots=None, metric="accuracy", **kwargs)
+    record["task_kind"] = "classification"
+    record["per_item"]["golds"] = golds
+    return record
+
+
+def test_classification_majority_floor_flags_levels_where_dense_learned_nothing() -> None:
+    # 60% of the validation items carry label 1: a classifier that always answers 1 scores 0.6.
+    golds = [1] * 600 + [0] * 400
+    assert chance_of(classification_record(0.6, golds)) == pytest.approx(0.6)
+    without_golds = classification_record(0.6, golds)
+    del without_golds["per_item"]["golds"]
+    assert chance_of(without_golds) is None
+    records = []
+    for examples, dense in ((2000, 0.90), (1000, 0.85), (500, 0.80), (100, 0.61)):
+        records.append(classification_record(dense, golds, mode="dense", train_examples=examples))
+        records.append(classification_record(dense * 0.9, golds, kind="pruned", level=0.5, mode="sparse",
+                                             train_examples=examples))
+    (group,) = analyse(records, n_resamples=100).groups
+    level = group["levels"][0]
+    assert level["chance"] == pytest.approx([0.6] * 4)
+    assert level["near_chance"] == [False, False, False, True]  # 0.61 is within 2 SE (~0.03) of the floor 0.6
+    assert group["scale"] == "raw"  # the floor does not move along this axis: the raw ratio stays primary
 
 
 def _simulator() -> Any:

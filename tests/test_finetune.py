@@ -87,6 +87,10 @@ def test_mode_invariants(which: str, request: pytest.FixtureRequest, task_file: 
         assert evaluation["kind"] == "eval" and evaluation["transfer"]["mode"] == mode
         assert evaluation["model"]["compression"]["sparsity"] == pytest.approx(0.5)
         assert len(evaluation["per_item"]["values"]) == evaluation["n"] == 20
+        per_item = evaluation["per_item"]
+        # Predictions and golds per item (the analysis's majority-class floor), consistent with the values.
+        assert [float(p == g) for p, g in zip(per_item["predictions"], per_item["golds"])] == per_item["values"]
+        assert all(isinstance(g, int) for g in per_item["golds"])
         assert set(evaluation["metrics"]) >= {"accuracy", "f1"}
         assert record["metrics"]["accuracy"]["value"] == evaluation["metrics"]["accuracy"]["value"]
     # The fine-tuned artifact pipes into info and back into finetune's own cache.

@@ -347,9 +347,15 @@ def _content_key(record: Record) -> str:
 
 
 def chance_of(record: Record) -> float | None:
-    """Chance accuracy of a multiple-choice record: the mean of 1/options over its items (`per_item.n_options`),
-    else 1/`knobs.options`; None when neither says (or the metric is not an accuracy)."""
-    if record.get("task_kind") != "multiple_choice" or record.get("primary_metric") not in ACCURACY_METRICS:
+    """The accuracy a model earns without skill: for multiple choice the mean of 1/options over its items
+    (`per_item.n_options`, else 1/`knobs.options`); for classification the majority-class rate of its items
+    (`per_item.golds`: always answering the most frequent label). None when the record does not say, or the
+    primary metric is not an accuracy."""
+    if record.get("primary_metric") not in ACCURACY_METRICS:
+        return None
+    if record.get("task_kind") == "classification":
+        return majority_rate(record)
+    if record.get("task_kind") != "multiple_choice":
         return None
     per_item = record.get("per_item")
     counts = per_item.get("n_options") if isinstance(per_item, dict) else None
@@ -359,6 +365,16 @@ def chance_of(record: Record) -> float | None:
     if isinstance(options, int) and not isinstance(options, bool) and options >= 2:
         return 1.0 / options
     return None
+
+
+def majority_rate(record: Record) -> float | None:
+    """The share of a classification record's items whose gold is its most frequent label (None without golds)."""
+    per_item = record.get("per_item")
+    golds = per_item.get("golds") if isinstance(per_item, dict) else None
+    if not isinstance(golds, list) or not golds or not all(isinstance(g, int) and not isinstance(g, bool)
+                                                           for g in golds):
+        return None
+    return float(np.bincount(np.asarray(golds) - min(golds)).max() / len(golds))
 
 
 def pair_items(records: Sequence[Record], entries: Sequence[Entry], n_resamples: int, seed: int) -> list[str]:
@@ -552,7 +568,8 @@ def analyse(
                      "(compressed − chance)/(dense − chance); the raw ratio is in normalised_raw")
     if any(any(lv["near_chance"]) for g in groups for lv in g["levels"]):
         notes.append("difficulty levels where the dense model is within 2 standard errors of chance are flagged "
-                     "(near_chance) and left out of the verdicts: there is no skill there to lose")
+                     "(near_chance) and left out of the verdicts: there is no skill there to lose (chance: 1/options "
+                     "for multiple choice, the majority-class rate of the evaluated items for classification)")
     if few_seeds:
         notes.append(f"some points have 2–{stats.FEW_SEEDS - 1} seeds: seed variance is estimated with few degrees "
                      f"of freedom (t-based, pooled over a test's points), so intervals are wide; "

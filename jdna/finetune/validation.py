@@ -64,7 +64,14 @@ class Validation:
 
     @classmethod
     def of_classification(cls, task: Task, items: list[Item], evaluation: Evaluation) -> Validation:
-        per_item = {"ids": [item.id for item in items], "values": evaluation.per_item}
+        # Predictions and golds as `jdna eval`'s classifier records them: the analysis needs the golds for the
+        # majority-class floor and both for a paired bootstrap of a corpus metric (MCC, F1).
+        per_item = {
+            "ids": [item.id for item in items],
+            "values": evaluation.per_item,
+            "predictions": [_plain(p) for p in evaluation.predictions],
+            "golds": [_plain(g) for g in evaluation.golds],
+        }
         return cls(task.kind, evaluation.primary_metric, evaluation.metrics, per_item, len(items), evaluation.seconds)
 
 
@@ -176,3 +183,8 @@ def _validate_in_memory(
         seconds=outcome.seconds,
         extra=extra,
     )
+
+
+def _plain(value: Any) -> int | float:
+    """A label (int) or regression target (float) as JSON holds it, from a Python or numpy scalar."""
+    return value.item() if hasattr(value, "item") else value
