@@ -183,26 +183,32 @@ $(R)/%/difficulty.json: $(R)/%/records.jsonl
 $(R)/%/figure.png: $(R)/%/records.jsonl
 	$(JDNA) plot $(strip $< $($*_AXIS)) -o $@ --force >/dev/null
 
-$(R)/setting1/records.jsonl: | install data
+# Settings 1 and 2 run one recipe per seed (seed-S.jsonl, merged in SEEDS order), so `make -jN` spreads seeds
+# over N jobs; the per-seed files are intermediate (removed once merged) and every step they ran stays cached.
+SEED_FILES = $(foreach s,$(SEEDS),$(R)/$(1)/seed-$(s).jsonl)
+.INTERMEDIATE: $(call SEED_FILES,setting1) $(call SEED_FILES,setting2)
+$(R)/setting1/records.jsonl: $(call SEED_FILES,setting1)
+	cat $^ > $@.tmp && mv $@.tmp $@
+$(R)/setting1/seed-%.jsonl: | install data
 	@mkdir -p $(@D); : > $@.tmp
-	for seed in $(SEEDS); do for n in $(S1_TRAIN); do $(TRAIN_ARG); \
+	seed=$*; for n in $(S1_TRAIN); do $(TRAIN_ARG); \
 	  $(LAUNCH) $(JDNA) finetune $(S1_MODEL) --task $(S1_TASK) --mode dense $$train --seed $$seed $(S1_FLAGS) >> $@.tmp; \
 	  for s in $(call grid,$(S1_MODEL)); do \
 	    $(LAUNCH) $(JDNA) prune $(S1_MODEL) -s $$s --method $(METHOD) --seed $$seed \
 	      | $(LAUNCH) $(JDNA) finetune --task $(S1_TASK) --mode sparse $$train --seed $$seed $(S1_FLAGS) >> $@.tmp; \
-	  done; done; done
+	  done; done
 	mv $@.tmp $@
-
-$(R)/setting2/records.jsonl: | install data
+$(R)/setting2/records.jsonl: $(call SEED_FILES,setting2)
+	cat $^ > $@.tmp && mv $@.tmp $@
+$(R)/setting2/seed-%.jsonl: | install data
 	@mkdir -p $(@D); : > $@.tmp
-	for seed in $(SEEDS); do for o in $(S2_OPTIONS); do \
+	seed=$*; for o in $(S2_OPTIONS); do \
 	  $(LAUNCH) $(JDNA) eval $(S2_MODEL) --task $(S2_TASK) --options $$o $(call eval_limit,$(S2_MODEL)) --seed $$seed >> $@.tmp; \
 	  for s in $(call grid,$(S2_MODEL)); do \
 	    $(LAUNCH) $(JDNA) prune $(S2_MODEL) -s $$s --method $(METHOD) --seed $$seed \
 	      | $(LAUNCH) $(JDNA) eval --task $(S2_TASK) --options $$o $(call eval_limit,$(S2_MODEL)) --seed $$seed >> $@.tmp; \
-	  done; done; done
+	  done; done
 	mv $@.tmp $@
-
 $(R)/setting3/records.jsonl: | install data
 	@mkdir -p $(@D); : > $@.tmp
 	for seed in $(SEEDS); do for f in $(S3_FRACTIONS); do \
@@ -372,12 +378,13 @@ EV_S2 = R=$(EV_R) SPARSITIES="$(EV_SPARSITIES)" SEEDS="$(EV_S2_SEEDS)" S2_TASK=$
 	S2_OPTIONS="$(EV_S2_OPTIONS)" LIMIT=$(EV_S2_LIMIT)
 .PHONY: evidence ev-setting2 ev-setting2-random ev-setting1 ev-quantization
 evidence: install data
-	OMP_NUM_THREADS=$(EV_THREADS) $(MAKE) --no-print-directory -j$(EV_JOBS) ev-setting2 ev-setting1-then-quantization \
-	  ev-setting2-random
+	OMP_NUM_THREADS=$(EV_THREADS) $(MAKE) --no-print-directory -j$(EV_JOBS) ev-setting1 ev-setting2 \
+	  ev-setting2-random ev-quantization
 	for e in $(EV_EXPERIMENTS); do \
 	  src=$(EV_R)/$$e; [ $$e = setting2-random ] && src=$(EV_R)/random/setting2; \
 	  mkdir -p $(EV_DOCS)/$$e; cp $$src/table.txt $$src/figure.png $$src/difficulty.json $(EV_DOCS)/$$e/; \
 	done
+# Sub-makes share the -j jobs, and settings 1 and 2 split by seed, so the jobs stay busy to the end.
 ev-setting2:
 	$(MAKE) --no-print-directory setting2 $(EV_S2)
 ev-setting2-random:
@@ -385,11 +392,7 @@ ev-setting2-random:
 ev-setting1:
 	$(MAKE) --no-print-directory setting1 R=$(EV_R) SPARSITIES="$(EV_SPARSITIES)" SEEDS="$(EV_S1_SEEDS)" \
 	  S1_TRAIN="$(EV_S1_TRAIN)" S1_FLAGS="$(EV_S1_FLAGS)"
-ev-quantization:
+# After setting 2: its dense evals are this contrast's, served from the cache.
+ev-quantization: | ev-setting2
 	$(MAKE) --no-print-directory quantization R=$(EV_R) SEEDS=0 Q_TASK=$(EV_S2_TASK) Q_OPTIONS="$(EV_S2_OPTIONS)" \
 	  Q_BITS="$(EV_Q_BITS)" LIMIT=$(EV_S2_LIMIT)
-# The setting-1 branch is the shorter: the quantization contrast follows it (its dense evals are setting 2's).
-.PHONY: ev-setting1-then-quantization
-ev-setting1-then-quantization:
-	$(MAKE) --no-print-directory ev-setting1
-	$(MAKE) --no-print-directory ev-quantization

@@ -123,3 +123,15 @@ def test_paper_scale_runs_the_papers_protocol(tmp_path: Path) -> None:
     assert cpu.count("for seed in 1 2; do") == 3 and "--limit 200" in cpu and grid not in cpu
     assert grid in _dry_run(tmp_path, "PAPER=1", "setting4")
     assert grid not in _dry_run(tmp_path, "PAPER=0", "S4_MODEL=org/some-7b", "setting4")
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
+def test_settings_1_and_2_split_by_seed_and_merge_in_seed_order(tmp_path: Path) -> None:
+    """`make -jN` spreads seeds over jobs: one recipe per seed, merged in SEEDS order (not finishing order)."""
+    for setting in ("setting1", "setting2"):
+        plan = _dry_run(tmp_path, "SEEDS=2 0 1", setting)
+        runs = [line for line in plan.splitlines() if line.startswith("seed=")]
+        assert [line.split(";")[0] for line in runs] == ["seed=2", "seed=0", "seed=1"], setting
+        merge = next(line for line in plan.splitlines() if line.startswith("cat "))
+        files = [word.rsplit("/", 1)[-1] for word in merge.split(">")[0].split()[1:]]
+        assert files == ["seed-2.jsonl", "seed-0.jsonl", "seed-1.jsonl"], setting
