@@ -125,7 +125,8 @@ def irreversibility_table(record: dict[str, Any]) -> str:
         drop = f"{r['drop']:+.3f}" + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "")
         rows.append([r["task"], r["mode"], f"{r['compression_kind']}/{r['method']}", f"{r['level']:g}",
                      f"{r['axis']}={r['label']}", f"{r['transfer']:.3f}", f"{r['dense_transfer']:.3f}",
-                     f"{r['gap']:+.3f}", drop, r.get("verdict", "")])
+                     f"{r['gap']:+.3f}", drop,
+                     r.get("verdict", "") + (" (dense near chance)" if r.get("near_chance") else "")])
     return tabulate(rows, headers=["task", "transfer", "method", "level", "difficulty", "metric",
                                    "dense transfer", "gap", "drop [95% CI]", "verdict"], tablefmt="simple",
                     disable_numparse=True)

@@ -552,6 +552,27 @@ def test_classification_majority_floor_flags_levels_where_dense_learned_nothing(
     assert group["scale"] == "raw"  # the floor does not move along this axis: the raw ratio stays primary
 
 
+def test_irreversibility_at_the_majority_floor_is_not_recovery() -> None:
+    """Dense and pruned transfer both at the majority class would read as 'recovered': it must not."""
+    golds = [1] * 600 + [0] * 400
+    records = []
+    for examples, dense, pruned in ((2000, 0.90, 0.70), (100, 0.60, 0.60)):
+        records.append(classification_record(dense, golds, mode="dense", train_examples=examples))
+        records.append(classification_record(pruned, golds, kind="pruned", level=0.5, mode="sparse",
+                                             train_examples=examples))
+    rows = {row["difficulty"]: row for row in analyse(records, n_resamples=200).irreversibility
+            if row["mode"] == "sparse"}
+    assert rows[2000]["verdict"] == "irreversible" and not rows[2000]["near_chance"]
+    assert rows[100]["near_chance"] and rows[100]["verdict"] == "inconclusive"
+    assert "chance" in rows[100]["reason"]
+    # Without golds the floor is unknown, and the same numbers are called recovered (as before).
+    for record in records:
+        del record["per_item"]["golds"]
+    rows = {row["difficulty"]: row for row in analyse(records, n_resamples=200).irreversibility
+            if row["mode"] == "sparse"}
+    assert rows[100]["verdict"] == "recovered"
+
+
 def _simulator() -> Any:
     import importlib.util
 

@@ -736,7 +736,8 @@ def _irreversibility(
     either metric direction); `drop` = 1 − normalised is the same comparison as a share, with its paired
     bootstrap interval (item draws plus a t-based seed term). Verdict, Holm-corrected over all rows:
     'irreversible' if the drop is significantly > 0; 'recovered' if it is significantly below `margin` (the
-    setting is within that share of dense transfer); otherwise 'inconclusive'.
+    setting is within that share of dense transfer); otherwise 'inconclusive'. A level where dense transfer is
+    near chance (`Cell.near_chance`: a classifier at its majority class) is 'inconclusive' and left out of Holm.
     """
     cells: dict[str, list[Entry]] = defaultdict(list)
     for entry in sorted(entries, key=lambda e: _content_key(e.record)):
@@ -757,7 +758,9 @@ def _irreversibility(
         value = float(np.mean([e.value for e in group]))
         dense = float(np.mean([e.dense_value for e in group]))
         sign = 1.0 if first.higher_is_better else -1.0
-        point = Cell(group, 0.0, raw, "", "raw").point()
+        cell = Cell(group, 0.0, raw, "", "raw")
+        point = cell.point()
+        floor = cell.near_chance()
         drop = 1.0 - point.estimate
         var_item = float(np.var(point.draws[np.isfinite(point.draws)], ddof=1)) if point.draws is not None else 0.0
         df = len(group) - 1
@@ -770,7 +773,7 @@ def _irreversibility(
             if s2 > 0:
                 draws = draws + math.sqrt(var_seed) * rng.standard_t(df, n_resamples)
             ci = stats.interval(1.0 - draws)
-        if ci is None:  # one seed and no per-item values: nothing to test against
+        if ci is None or floor:  # nothing to test against, or no skill to lose (dense transfer near chance)
             worse.append(math.nan), recovered.append(math.nan)
         else:
             worse.append(stats.upper_tail(drop, var_item, var_seed, df))
@@ -793,12 +796,17 @@ def _irreversibility(
             "drop": drop,
             "drop_ci95": ci,
             "seeds": len(group),
+            "near_chance": floor,
         })
     adjusted_worse, adjusted_recovered = stats.holm(worse), stats.holm(recovered)
     level = stats.ALPHA / 2
     for row, p_worse, p_recovered in zip(rows, adjusted_worse, adjusted_recovered):
         row["p_adjusted"] = {"irreversible": _json_value(p_worse), "recovered": _json_value(p_recovered)}
-        if math.isfinite(p_worse) and p_worse <= level:
+        if row["near_chance"]:
+            # Both at the floor would read as "recovered": the level says nothing about recovery.
+            row["verdict"] = "inconclusive"
+            row["reason"] = "dense transfer is within 2 standard errors of chance here"
+        elif math.isfinite(p_worse) and p_worse <= level:
             row["verdict"] = "irreversible"
         elif math.isfinite(p_recovered) and p_recovered <= level:
             row["verdict"] = "recovered"
