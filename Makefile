@@ -387,6 +387,7 @@ evidence: install data
 	  [ $$e = setting2-color ] && src=$(EV_R)/color/setting2; \
 	  mkdir -p $(EV_DOCS)/$$e; cp $$src/table.txt $$src/figure.png $$src/difficulty.json $(EV_DOCS)/$$e/; \
 	done
+	$(BIN)/python scripts/evidence_summary.py $(EV_DOCS) > $(EV_DOCS)/summary.md
 # Sub-makes share the -j jobs, and settings 1 and 2 split by seed, so the jobs stay busy to the end.
 ev-setting2:
 	$(MAKE) --no-print-directory setting2 $(EV_S2)
