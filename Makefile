@@ -344,7 +344,7 @@ demo-lm:
 clean:
 	rm -rf runs results
 
-# --- make evidence: a study sized by jdna's power analysis to reach decisive verdicts -------------------
+# --- make evidence: a larger study on the embedded models, sized from measured pilots --------------------
 # Sized from pilots on smollm2-135m (30 Nov 2026, 100 items each, dense): BIG-bench intent_recognition is above
 # chance at 2-4 options (acc 0.59 at 2 options, chance 0.5) and near it at 5 (0.23, chance 0.2); MMLU is at chance
 # at 0 and 3 shots (0.22, 0.21; chance 0.25), so setting 4 has no skill to lose at 135M and is not part of it
@@ -361,7 +361,11 @@ clean:
 #   weights are dequantized Q4_1, so its 4-bit and wider RTN is near lossless: EV_Q_BITS includes 3. The fp32
 #   encoder would avoid that, but each of its points needs a fine-tuning run, which the budget does not hold.
 # Experiments run EV_JOBS at a time (the cores split between them); tables, figures and difficulty records are
-# copied to docs/evidence/<experiment>/.
+# copied to docs/evidence/<experiment>/, with docs/evidence/summary.md. Measured (30 Nov 2026): 103 min on 2 cores;
+# 103 s once every step is cached. What it found, and why most verdicts are inconclusive at this scale (the LM is
+# 0.05-0.09 above chance, so the options axis needs ~10^5 items per level): docs/evidence/README.md.
+# Lessons for a rerun: two sparsities leave the across-compression tests undefined (3 are needed), and 2
+# option-sampling seeds give the seed term too few degrees of freedom: use EV_SPARSITIES with 3 levels and 5 seeds.
 EV_DOCS ?= docs/evidence
 EV_R ?= results/evidence
 EV_JOBS ?= 2
