@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from jdna.evaluation import EVALUATORS
@@ -69,8 +70,8 @@ class Validation:
         per_item = {
             "ids": [item.id for item in items],
             "values": evaluation.per_item,
-            "predictions": [_plain(p) for p in evaluation.predictions],
-            "golds": [_plain(g) for g in evaluation.golds],
+            "predictions": np.asarray(evaluation.predictions).tolist(),
+            "golds": np.asarray(evaluation.golds).tolist(),
         }
         return cls(task.kind, evaluation.primary_metric, evaluation.metrics, per_item, len(items), evaluation.seconds)
 
@@ -183,8 +184,3 @@ def _validate_in_memory(
         seconds=outcome.seconds,
         extra=extra,
     )
-
-
-def _plain(value: Any) -> int | float:
-    """A label (int) or regression target (float) as JSON holds it, from a Python or numpy scalar."""
-    return value.item() if hasattr(value, "item") else value
